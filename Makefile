@@ -1,0 +1,39 @@
+# labelmill: two commands.
+#   make run   - create .venv if missing, install, run the main job on the embedded defaults
+#   make test  - create .venv if missing, install, run the test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+# torch goes in first and alone: an unpinned torch request would pull CUDA wheels on a CPU
+# machine. constraints.txt then holds it for every later requirement.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,ray,beam
+RUN_OUT ?= outputs/demo
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.labelmill-installed
+
+.PHONY: run test install clean-venv
+
+run: $(STAMP)
+	$(BIN)/labelmill demo --out $(RUN_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls only when the project's install files change (idempotent otherwise).
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt Makefile
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -m labelmill.infra.envcheck
+	@touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

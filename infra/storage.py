@@ -1,0 +1,143 @@
+"""fsspec helpers: read, write atomically, list, join safely, on any URL.
+
+Local paths, ``memory://`` and ``file://`` work out of the box; ``s3://``/``gs://`` work when
+their fsspec packages (s3fs, gcsfs) are installed. Writes go to a temporary name beside the
+target and are renamed (local: ``os.replace``; object stores: the upload itself is atomic per
+object, so the temp object is moved/committed) so a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from typing import IO, Iterator
+
+import fsspec
+from fsspec.core import url_to_fs
+
+__all__ = [
+    "PathEscapeError",
+    "filesystem",
+    "join",
+    "safe_join",
+    "exists",
+    "makedirs",
+    "read_bytes",
+    "read_text",
+    "write_bytes",
+    "write_text",
+    "atomic_open",
+    "list_files",
+    "remove",
+]
+
+
+class PathEscapeError(ValueError):
+    """A relative path would leave its root (absolute, or climbs with '..')."""
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a URL or local path."""
+    return url_to_fs(url)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL parts with '/', keeping the protocol prefix."""
+    out = url.rstrip("/")
+    for p in parts:
+        out = out + "/" + p.strip("/")
+    return out
+
+
+def safe_join(root: str, relative: str) -> str:
+    """Join ``relative`` under ``root``, refusing anything that would escape ``root``."""
+    rel = relative.replace("\\", "/")
+    if rel.startswith("/") or "://" in rel:
+        raise PathEscapeError(f"path {relative!r} must be relative to the output root")
+    norm = posixpath.normpath(rel)
+    if norm == ".." or norm.startswith("../") or norm == ".":
+        raise PathEscapeError(f"path {relative!r} escapes the output root {root!r}")
+    return join(root, norm)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = filesystem(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_text(url: str, encoding: str = "utf-8") -> str:
+    return read_bytes(url).decode(encoding)
+
+
+@contextlib.contextmanager
+def atomic_open(url: str, mode: str = "wb") -> Iterator[IO]:
+    """Open ``url`` for writing through a temporary sibling; rename into place on success.
+
+    On an exception the temporary file is removed and the target is left untouched.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open supports modes 'wb' and 'w', not {mode!r}")
+    fs, path = filesystem(url)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        with fs.open(tmp, mode) as f:
+            yield f
+        if _is_local(fs):
+            os.replace(tmp, path)
+        else:
+            fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
+        raise
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Atomically write ``data`` to ``url``."""
+    with atomic_open(url, "wb") as f:
+        f.write(data)
+
+
+def write_text(url: str, text: str, encoding: str = "utf-8") -> None:
+    write_bytes(url, text.encode(encoding))
+
+
+def list_files(url: str, pattern: str = "*") -> list[str]:
+    """Sorted full URLs of files under ``url`` matching the glob ``pattern`` (may contain '**')."""
+    fs, path = filesystem(url)
+    matches = fs.glob(posixpath.join(path, pattern))
+    protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
+    out = []
+    for m in sorted(matches):
+        if fs.isdir(m):
+            continue
+        if protocol and not m.startswith(protocol):
+            m = protocol + m.lstrip("/") if protocol != "memory://" else protocol + m
+        out.append(m)
+    return out
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)

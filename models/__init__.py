@@ -1,0 +1,1 @@
+"""Torch models and numerical cores: body model, pose prior, initialisers, optimisers."""

@@ -1,0 +1,1 @@
+"""Engine-free transforms on columnar batches. Never import ray or apache_beam here."""

@@ -1,0 +1,1 @@
+"""Pipeline definitions and the `labelmill` command line."""

@@ -1,0 +1,3 @@
+from labelmill.pipelines.cli import main
+
+raise SystemExit(main())
