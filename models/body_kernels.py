@@ -10,9 +10,17 @@ skinned on their own with their rows of the template, shape/pose directions and 
 from __future__ import annotations
 
 import torch
-from smplx.lbs import batch_rigid_transform, batch_rodrigues
+from smplx.lbs import batch_rodrigues
 
-__all__ = ["fold_joint_regressor", "shape_blend", "pose_features", "skin_points", "joints_and_landmarks"]
+__all__ = [
+    "fold_joint_regressor",
+    "shape_blend",
+    "pose_features",
+    "kinematic_levels",
+    "forward_kinematics",
+    "skin_points",
+    "joints_and_landmarks",
+]
 
 
 def fold_joint_regressor(
@@ -39,14 +47,77 @@ def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
     return (rot_mats[:, 1:] - ident).reshape(rot_mats.shape[0], -1)
 
 
-def skin_points(points: torch.Tensor, point_weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
+def kinematic_levels(parents: list[int]) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Group a kinematic tree by depth: ``((joints, parent positions in the previous level), ...)``.
+
+    Level 0 is the root. Every parent of a level-d joint is at level d - 1, so a whole level is
+    posed with one batched operation: SMPL's 24 joints take 9 levels instead of 23 sequential
+    steps. Returned as plain tuples so the result can be cached per model.
+    """
+    depth = [0] * len(parents)
+    for j in range(1, len(parents)):  # parents[0] is the root (-1 or anything)
+        if not 0 <= parents[j] < j:
+            raise ValueError(f"parents must list every parent before its child; joint {j} has parent {parents[j]}")
+        depth[j] = depth[parents[j]] + 1
+    levels: list[list[int]] = [[] for _ in range(max(depth) + 1)]
+    for j, d in enumerate(depth):
+        levels[d].append(j)
+    out = [(tuple(levels[0]), ())]
+    for d in range(1, len(levels)):
+        previous = levels[d - 1]
+        out.append((tuple(levels[d]), tuple(previous.index(parents[j]) for j in levels[d])))
+    return tuple(out)
+
+
+def _matmul3(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a (..., 3, 3) @ b (..., 3, k)``. (Measured: torch.matmul beats broadcast-multiply-sum
+    on CPU, 65 vs 106 ms fwd+bwd for 3200 bodies.)"""
+    return torch.matmul(a, b)
+
+
+def forward_kinematics(
+    rot_mats: torch.Tensor, rest_joints: torch.Tensor, parents: list[int], levels=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pose a kinematic tree level by level.
+
+    rot_mats (B, J, 3, 3) local rotations, rest_joints (B, J, 3), parents (J,) ->
+    posed joints (B, J, 3), global rotations (B, J, 3, 3) and the skinning translations
+    (B, J, 3) (``t_j - G_j rest_j``), the same quantities as ``smplx.lbs.batch_rigid_transform``.
+    """
+    levels = levels or kinematic_levels(parents)
+    parent_index = torch.tensor(parents[1:], device=rest_joints.device)
+    offsets = torch.cat([rest_joints[:, :1], rest_joints[:, 1:] - rest_joints.index_select(1, parent_index)], dim=1)
+    root = levels[0][0]
+    g_prev = rot_mats[:, list(root)]
+    t_prev = offsets[:, list(root)]
+    rots, trans, order = [g_prev], [t_prev], list(root)
+    for joints, parent_pos in levels[1:]:
+        g_par = g_prev[:, list(parent_pos)]
+        g_prev = _matmul3(g_par, rot_mats[:, list(joints)])
+        t_prev = _matmul3(g_par, offsets[:, list(joints)].unsqueeze(-1)).squeeze(-1) + t_prev[:, list(parent_pos)]
+        rots.append(g_prev)
+        trans.append(t_prev)
+        order.extend(joints)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    inverse = inverse.to(rest_joints.device)
+    global_rot = torch.cat(rots, dim=1).index_select(1, inverse)
+    posed = torch.cat(trans, dim=1).index_select(1, inverse)
+    skin_trans = posed - _matmul3(global_rot, rest_joints.unsqueeze(-1)).squeeze(-1)
+    return posed, global_rot, skin_trans
+
+
+def skin_points(
+    points: torch.Tensor, point_weights: torch.Tensor, global_rot: torch.Tensor, skin_trans: torch.Tensor
+) -> torch.Tensor:
     """Linear blend skinning of a few points.
 
     points (B, L, 3) in the rest frame (shape and pose correctives applied), point_weights (L, J),
-    transforms (B, J, 4, 4) relative joint transforms from ``batch_rigid_transform`` -> (B, L, 3).
+    global_rot (B, J, 3, 3) and skin_trans (B, J, 3) from :func:`forward_kinematics` -> (B, L, 3).
     """
-    blended = torch.einsum("lj,bjmn->blmn", point_weights, transforms)
-    return torch.einsum("blmn,bln->blm", blended[..., :3, :3], points) + blended[..., :3, 3]
+    rot = torch.einsum("lj,bjmn->blmn", point_weights, global_rot)
+    trans = torch.einsum("lj,bjm->blm", point_weights, skin_trans)
+    return _matmul3(rot, points.unsqueeze(-1)).squeeze(-1) + trans
 
 
 def joints_and_landmarks(
@@ -55,11 +126,12 @@ def joints_and_landmarks(
     *,
     joint_template: torch.Tensor,
     joint_shapedirs: torch.Tensor,
-    parents: torch.Tensor,
+    parents: list[int],
     landmark_template: torch.Tensor,
     landmark_shapedirs: torch.Tensor,
     landmark_posedirs: torch.Tensor,
     landmark_weights: torch.Tensor,
+    levels=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posed joints and landmark vertices without the full mesh (same maths as ``smplx.lbs.lbs``).
 
@@ -72,8 +144,8 @@ def joints_and_landmarks(
     betas = betas.expand(batch, -1)
     rest_joints = shape_blend(joint_template, joint_shapedirs, betas)
     rot_mats = batch_rodrigues(full_pose.reshape(-1, 3)).reshape(batch, -1, 3, 3)
-    joints, transforms = batch_rigid_transform(rot_mats, rest_joints, parents, dtype=full_pose.dtype)
+    joints, global_rot, skin_trans = forward_kinematics(rot_mats, rest_joints, parents, levels)
     rest_landmarks = shape_blend(landmark_template, landmark_shapedirs, betas)
     rest_landmarks = rest_landmarks + (pose_features(rot_mats) @ landmark_posedirs).reshape(batch, -1, 3)
-    landmarks = skin_points(rest_landmarks, landmark_weights, transforms)
+    landmarks = skin_points(rest_landmarks, landmark_weights, global_rot, skin_trans)
     return joints, landmarks

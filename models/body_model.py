@@ -170,6 +170,9 @@ class BodyModel(torch.nn.Module):
         face_ids = torch.tensor(coco.face_landmark_vertex_ids(), dtype=torch.long)
         self.register_buffer("face_vertex_ids", face_ids, persistent=False)
         self._register_fast_path_buffers(face_ids)
+        self._parents_list = [int(p) for p in self.smpl.parents.tolist()]
+        self._parents_list[0] = -1
+        self._levels = body_kernels.kinematic_levels(self._parents_list)
 
     @classmethod
     def from_config(cls, cfg: BodyModelConfig, *, dtype: torch.dtype = torch.float32) -> "BodyModel":
@@ -262,7 +265,8 @@ class BodyModel(torch.nn.Module):
             torch.cat([global_orient, body_pose], dim=1),
             joint_template=self.joint_template,
             joint_shapedirs=self.joint_shapedirs,
-            parents=self.smpl.parents,
+            parents=self._parents_list,
+            levels=self._levels,
             landmark_template=self.landmark_template,
             landmark_shapedirs=self.landmark_shapedirs,
             landmark_posedirs=self.landmark_posedirs,
