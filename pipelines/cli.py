@@ -17,7 +17,7 @@ from labelmill.infra.config import ConfigError
 log = logging.getLogger("labelmill")
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ("demo", "config", "synth", "body", "prior")
+COMMAND_MODULES = ("demo", "config", "synth", "body", "prior", "eval", "bench")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -37,14 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
-        try:  # TEMPORARY during parallel development: skip commands whose modules are not written yet
-            module = importlib.import_module(f"labelmill.pipelines.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("labelmill."):
-                log.debug("command %s unavailable: %s", name, exc)
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"labelmill.pipelines.commands.{name}").register(subparsers)
     return parser
 
 

@@ -1,0 +1,71 @@
+"""The engine-free BundleAdjust operator: columns in/out, windows, filtering reasons."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from labelmill.models.batched_lbfgs import LBFGSConfig
+from labelmill.models.body_model import BodyModel
+from labelmill.models.pose3d_fit import FitConfig
+from labelmill.operators.bundle_adjust import BundleAdjust
+from labelmill.operators.fit_quality import FilterConfig
+
+from test_pose3d_fit import make_video
+
+
+@pytest.fixture(scope="module")
+def body():
+    return BodyModel()
+
+
+def columns(videos):
+    batch = {k: [] for k in ("key", "keypoints", "person_mask", "init_betas", "init_global_orient",
+                             "init_body_pose", "init_camera")}
+    for i, v in enumerate(videos):
+        batch["key"].append(f"video{i}")
+        batch["keypoints"].append(v["det"])
+        batch["person_mask"].append(np.ones(v["det"].shape[:2], bool))
+        for k, a in v["init"].items():
+            batch[k].append(a)
+    return batch
+
+
+def test_operator_fits_windows_and_filters_with_reasons(body):
+    long = make_video(body, 31, 26)
+    short = make_video(body, 32, 7)
+    bad = make_video(body, 33, 7)
+    bad["det"][..., :2] += np.random.default_rng(0).normal(0, 80, bad["det"][..., :2].shape)  # garbage detections
+    op = BundleAdjust(fit=FitConfig(window=12, window_overlap=4, solver=LBFGSConfig(max_iter=30)),
+                      filter=FilterConfig(video_loss_threshold=0.06, frame_loss_threshold=0.08))
+    op = pickle.loads(pickle.dumps(op))  # operators must be picklable before setup()
+    out = op(columns([long, short, bad]))
+    assert out["key"] == ["video0", "video1", "video2"]
+    for i, n in enumerate((26, 7, 7)):
+        assert out["body_pose"][i].shape == (n, 69) and out["joints3d"][i].shape == (n, 24, 3)
+        assert out["projected2d"][i].shape == (n, 17, 2) and out["keypoints3d_init"][i].shape == (n, 17, 3)
+        assert out["betas"][i].shape == (10,) and len(out["frame_reason"][i]) == n
+        assert np.isfinite(out["joints3d"][i]).all()
+    # the long video was fitted in 3 windows and stitched: no jump at the seams
+    step = np.linalg.norm(np.diff(out["joints3d"][0], axis=0), axis=-1).max(-1)
+    assert step.max() < 0.15
+    # good videos are kept, the garbage one is dropped with a reason
+    assert out["keep_video"][:2] == [True, True]
+    assert out["video_reason"][2] == "video_loss_above_threshold" and not out["keep_video"][2]
+    assert set(out["frame_reason"][2]) == {"video_dropped"}
+    assert out["video_loss"][0] < 0.06 and out["video_loss"][2] > 0.06
+    # projections of kept frames lie close to the detections (relative to person size)
+    err = np.linalg.norm(out["projected2d"][1] - short["det"][:, 0, :, :2], axis=-1).mean()
+    assert err < 0.05 * 150 * 1.6
+
+
+def test_operator_handles_an_empty_video_and_missing_columns(body):
+    v = make_video(body, 41, 5)
+    empty = {"det": np.zeros((0, 1, 17, 3), np.float32),
+             "init": {k: a[:0] for k, a in v["init"].items()}}
+    op = BundleAdjust(fit=FitConfig(solver=LBFGSConfig(max_iter=5)))
+    out = op(columns([v, empty]))
+    assert out["video_reason"][1] == "no_frames" and not out["keep_video"][1]
+    assert out["body_pose"][1].shape == (0, 69)
+    with pytest.raises(KeyError, match="init_camera"):
+        op({"key": ["x"], "keypoints": [v["det"]]})
