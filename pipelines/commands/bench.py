@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--device", default=None, help="torch device for both (default: fit.device, cpu)")
     fit.add_argument("--batch-sizes", default="",
                      help="comma-separated batch sizes (videos) for a throughput sweep of ours, e.g. 256,1024,4096")
+    fit.add_argument("--threads", type=int, default=None,
+                     help="torch intra-op threads for both (default: torch's choice; 1 is steadier on a shared host)")
     fit.add_argument("--json", action="store_true", help="print JSON")
     add_config_args(fit)
     fit.set_defaults(handler=_fit)
@@ -37,6 +39,12 @@ def _fit(args: argparse.Namespace) -> int:
     from labelmill.pipelines.cli import UsageError
     from labelmill.pipelines.pose3d_experiments import bench_fit, make_experiment_data
 
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UsageError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     cfg = resolve_config("pose3d", args)
     fit_cfg = cfg.fit if args.device is None else dataclasses.replace(cfg.fit, device=args.device)
     try:
