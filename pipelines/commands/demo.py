@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="output directory (any fsspec URL)")
     parser.add_argument("--videos", type=int, default=8, help="synthetic videos (default 8)")
-    parser.add_argument("--frames", type=int, default=90, help="frames per video (default 90)")
+    parser.add_argument("--frames", type=int, default=60, help="frames per video (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic world seed (default 0)")
     add_config_args(parser)
     parser.set_defaults(handler=_demo)
