@@ -10,7 +10,10 @@ Input batch (columnar, one entry per video; arrays are per video, F frames, P pe
     init_body_pose      (F, 69)
     init_camera         (F, 3)               (s px/m, u_x px, u_y px)
 
-Output: the input columns plus, per video,
+Items whose ``status`` is ``"failed"`` pass through untouched; an item with malformed inputs
+(wrong shapes, non-finite init) becomes failed with a reason naming it and the batch goes on.
+
+Output: the input columns plus ``status``/``reason`` and, per fitted video (None for failed ones),
 
     betas (10,), global_orient (F,3), body_pose (F,69), camera (F,3), joints3d (F,24,3),
     keypoints3d (F,17,3), projected2d (F,17,2), keypoints3d_init (F,17,3), frame_loss (F,),
@@ -41,7 +44,31 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BundleAdjust"]
 
+_OUTPUT_KEYS = (
+    "betas", "global_orient", "body_pose", "camera", "joints3d", "keypoints3d", "projected2d", "keypoints3d_init",
+    "frame_loss", "keep_frame", "frame_reason", "video_loss", "keep_video", "video_reason", "fit_energy",
+    "fit_iterations",
+)
 _INPUT_KEYS = ("key", "keypoints", "person_mask", "init_betas", "init_global_orient", "init_body_pose", "init_camera")
+
+
+def _check_video(video: dict[str, np.ndarray]) -> str | None:
+    """Why one video's inputs cannot be fitted, or None. Shapes as in the module docstring."""
+    num_frames = video["init_camera"].shape[0] if video["init_camera"].ndim == 2 else -1
+    expected = {
+        "keypoints": (num_frames, None, 17, 3), "person_mask": (num_frames, None), "init_betas": (num_frames, 10),
+        "init_global_orient": (num_frames, 3), "init_body_pose": (num_frames, 69), "init_camera": (num_frames, 3),
+    }
+    for name, shape in expected.items():
+        got = video[name].shape
+        if len(got) != len(shape) or any(e is not None and g != e for g, e in zip(got, shape)):
+            want = "(" + ", ".join("P" if e is None else str(e) for e in shape) + ")"
+            return f"{name} has shape {got}, expected {want}"
+        if name != "person_mask" and name != "keypoints" and not np.isfinite(video[name]).all():
+            return f"{name} has non-finite values"
+    if video["person_mask"].shape[1] != video["keypoints"].shape[1]:
+        return "keypoints and person_mask disagree on the number of people"
+    return None
 
 
 class BundleAdjust:
@@ -92,44 +119,52 @@ class BundleAdjust:
 
     # -- batch -----------------------------------------------------------------------------
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Fit the pending videos of ``batch``; failed or malformed items pass through with a reason."""
         missing = [k for k in _INPUT_KEYS if k not in batch]
         if missing:
             raise KeyError(f"BundleAdjust batch lacks columns {missing}")
         self.setup()
         t0 = time.perf_counter()
         keys = list(batch["key"])
-        videos = [
-            {k: np.asarray(batch[k][i]) for k in _INPUT_KEYS if k != "key"} for i in range(len(keys))
-        ]
-        problems: list[tuple[int, int, int]] = []  # (video, start, end)
-        windows_per_video: list[list[tuple[int, int]]] = []
-        for v, video in enumerate(videos):
+        status = list(batch.get("status") or ["pending"] * len(keys))
+        reason = list(batch.get("reason") or [None] * len(keys))
+        videos: dict[int, dict[str, np.ndarray]] = {}
+        for i, key in enumerate(keys):
+            if status[i] == "failed":
+                continue
+            video = {k: np.asarray(batch[k][i]) for k in _INPUT_KEYS if k != "key"}
+            problem = _check_video(video)
+            if problem:
+                status[i], reason[i] = "failed", f"bundle adjustment of {key}: {problem}"
+                continue
+            videos[i] = video
+        problems: list[tuple[int, int, int]] = []  # (item, start, end)
+        windows_per_video: dict[int, list[tuple[int, int]]] = {}
+        for i, video in videos.items():
             num_frames = video["init_camera"].shape[0]
             wins = plan_windows(num_frames, self.fit_config.window, self.fit_config.window_overlap)
-            windows_per_video.append(wins)
-            problems.extend((v, s, e) for s, e in wins)
+            windows_per_video[i] = wins
+            problems.extend((i, s, e) for s, e in wins)
         fitted = self._fit_problems(videos, problems) if problems else []
 
         out: dict[str, list] = {k: list(batch[k]) for k in batch}
-        for name in (
-            "betas", "global_orient", "body_pose", "camera", "joints3d", "keypoints3d", "projected2d",
-            "keypoints3d_init", "frame_loss", "keep_frame", "frame_reason", "video_loss", "keep_video",
-            "video_reason", "fit_energy", "fit_iterations",
-        ):
-            out[name] = []
+        out["status"], out["reason"] = status, reason
+        for name in _OUTPUT_KEYS:
+            out[name] = [None] * len(keys)
         cursor = 0
-        for v, video in enumerate(videos):
-            wins = windows_per_video[v]
+        for i, video in videos.items():
+            wins = windows_per_video[i]
             parts = fitted[cursor : cursor + len(wins)]
             cursor += len(wins)
-            self._emit(out, video, wins, parts)
+            for name, value in self._fit_outputs(video, wins, parts).items():
+                out[name][i] = value
         elapsed = time.perf_counter() - t0
-        frames = sum(v["init_camera"].shape[0] for v in videos)
+        frames = sum(v["init_camera"].shape[0] for v in videos.values())
         log.info("bundle adjustment: %d videos, %d frames, %d problems in %.1fs (%.0f frames/s)",
                  len(videos), frames, len(problems), elapsed, frames / max(elapsed, 1e-9))
         return out
 
-    def _fit_problems(self, videos: list[dict[str, np.ndarray]], problems: list[tuple[int, int, int]]) -> list[dict]:
+    def _fit_problems(self, videos: dict[int, dict[str, np.ndarray]], problems: list[tuple[int, int, int]]) -> list[dict]:
         """Solve all windows in one batch; return per-problem numpy results."""
         lengths = [e - s for _, s, e in problems]
         f_max = max(lengths)
@@ -192,20 +227,18 @@ class BundleAdjust:
             self._body_height_cache[key] = float(y.max() - y.min())
         return self._body_height_cache[key]
 
-    def _emit(self, out: dict[str, list], video: dict[str, np.ndarray], wins: list[tuple[int, int]], parts: list[dict]) -> None:
+    def _fit_outputs(self, video: dict[str, np.ndarray], wins: list[tuple[int, int]], parts: list[dict]) -> dict[str, Any]:
         num_frames = video["init_camera"].shape[0]
         if num_frames == 0:
             empty3 = np.zeros((0, 3), np.float32)
-            for name, value in (
+            return dict((
                 ("betas", np.zeros(10, np.float32)), ("global_orient", empty3), ("body_pose", np.zeros((0, 69), np.float32)),
                 ("camera", empty3), ("joints3d", np.zeros((0, 24, 3), np.float32)),
                 ("keypoints3d", np.zeros((0, 17, 3), np.float32)), ("projected2d", np.zeros((0, 17, 2), np.float32)),
                 ("keypoints3d_init", np.zeros((0, 17, 3), np.float32)), ("frame_loss", np.zeros(0, np.float32)),
                 ("keep_frame", np.zeros(0, bool)), ("frame_reason", []), ("video_loss", float("nan")),
                 ("keep_video", False), ("video_reason", "no_frames"), ("fit_energy", float("nan")), ("fit_iterations", 0),
-            ):
-                out[name].append(value)
-            return
+            ))
         betas = stitch_shared(wins, [p["betas"] for p in parts]).astype(np.float32)
         go = stitch_frames(wins, [p["global_orient"] for p in parts], num_frames)
         bp = stitch_frames(wins, [p["body_pose"] for p in parts], num_frames)
@@ -226,7 +259,7 @@ class BundleAdjust:
             min_confidence=self.filter_config.min_confidence, min_keypoints=self.filter_config.min_keypoints,
         )
         decision = decide(losses, self.filter_config)
-        for name, value in (
+        return dict((
             ("betas", betas), ("global_orient", go.astype(np.float32)), ("body_pose", bp.astype(np.float32)),
             ("camera", cam.astype(np.float32)), ("joints3d", joints.astype(np.float32)),
             ("keypoints3d", kp3d.astype(np.float32)), ("projected2d", projected.astype(np.float32)),
@@ -236,5 +269,4 @@ class BundleAdjust:
             ("video_reason", decision.video_reason),
             ("fit_energy", float(np.mean([p["energy"] for p in parts]))),
             ("fit_iterations", int(max(p["iterations"] for p in parts))),
-        ):
-            out[name].append(value)
+        ))

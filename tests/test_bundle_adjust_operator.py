@@ -69,3 +69,18 @@ def test_operator_handles_an_empty_video_and_missing_columns(body):
     assert out["body_pose"][1].shape == (0, 69)
     with pytest.raises(KeyError, match="init_camera"):
         op({"key": ["x"], "keypoints": [v["det"]]})
+
+
+def test_failed_and_malformed_items_pass_through_with_reasons(body):
+    good = make_video(body, 51, 6)
+    broken = make_video(body, 52, 6)
+    broken["init"]["init_body_pose"] = broken["init"]["init_body_pose"][:, :60]  # wrong shape
+    upstream = make_video(body, 53, 6)
+    batch = columns([good, broken, upstream])
+    batch["status"] = ["pending", "pending", "failed"]
+    batch["reason"] = [None, None, "decode failed: truncated file"]
+    out = BundleAdjust(fit=FitConfig(solver=LBFGSConfig(max_iter=5)))(batch)
+    assert out["status"] == ["pending", "failed", "failed"]
+    assert "video1" in out["reason"][1] and "init_body_pose has shape (6, 60), expected (F?, 69)".replace("F?", "6") in out["reason"][1]
+    assert out["reason"][2] == "decode failed: truncated file"
+    assert out["body_pose"][0].shape == (6, 69) and out["body_pose"][1] is None and out["body_pose"][2] is None
