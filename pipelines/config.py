@@ -13,6 +13,7 @@ from labelmill.models.body_model import BodyModelConfig
 from labelmill.models.pose3d_fit import FitConfig
 from labelmill.models.pose_prior import PriorConfig
 from labelmill.operators.fit_quality import FilterConfig
+from labelmill.operators.keypoint_init import KeypointInitConfig
 from labelmill.operators.noisy_init import NoisyInitConfig
 from labelmill.operators.synth.config import SynthConfig
 
@@ -26,6 +27,7 @@ class Pose3dConfig:
     prior: PriorConfig = field(default_factory=PriorConfig)  # GMM pose prior
     fit: FitConfig = field(default_factory=FitConfig)  # energy weights, windows, solver
     filter: FilterConfig = field(default_factory=FilterConfig)  # keep/drop thresholds
+    keypoint_init: KeypointInitConfig = field(default_factory=KeypointInitConfig)  # embedded per-frame initialiser
     init: NoisyInitConfig = field(default_factory=NoisyInitConfig)  # HMR-like init noise (synthetic experiments)
     synth: SynthConfig = field(default_factory=SynthConfig)  # synthetic world (demo, eval, bench)
 

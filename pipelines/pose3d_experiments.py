@@ -21,6 +21,7 @@ from labelmill.models.metrics import accel_error, mpjpe, pa_mpjpe
 from labelmill.models.pose3d_baseline import fit_videos_one_by_one, full_mesh_joints_fn
 from labelmill.models.pose3d_fit import FitConfig, FitResult, Pose3dEnergy, VideoBatch, fit_videos
 from labelmill.models.pose_prior import GMMPosePrior, PriorConfig
+from labelmill.operators.keypoint_init import KeypointInit, KeypointInitConfig
 from labelmill.operators.noisy_init import NoisyInitConfig, noisy_init
 from labelmill.operators.synth.config import SynthConfig
 from labelmill.operators.synth.corpus import gt_arrays
@@ -65,9 +66,26 @@ def detection_arrays(video: SyntheticVideo) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_experiment_data(
-    *, videos: int, frames: int, seed: int, synth: SynthConfig | None = None, init: NoisyInitConfig | None = None
+    *,
+    videos: int,
+    frames: int,
+    seed: int,
+    synth: SynthConfig | None = None,
+    init: NoisyInitConfig | None = None,
+    init_source: str = "noisy",
+    keypoint_init: KeypointInitConfig | None = None,
 ) -> ExperimentData:
-    """Generate ``videos`` held-out synthetic videos of ``frames`` frames and their noisy init."""
+    """Generate ``videos`` held-out synthetic videos of ``frames`` frames and their per-frame init.
+
+    ``init_source``: ``"noisy"`` perturbs the ground truth like HMR (:mod:`~labelmill.operators.noisy_init`);
+    ``"keypoints"`` runs the embedded keypoint initialiser on the person of interest's detected keypoints.
+    """
+    if init_source not in ("noisy", "keypoints"):
+        raise ValueError(f"init_source must be 'noisy' or 'keypoints', got {init_source!r}")
+    initializer = None
+    if init_source == "keypoints":
+        initializer = KeypointInit.from_config(keypoint_init or KeypointInitConfig())
+        initializer.setup()
     synth = dataclasses.replace(synth or SynthConfig(), num_videos=videos, num_frames=frames, seed=seed)
     init = init or NoisyInitConfig()
     body_model = BodyModel(path=synth.body_model_path)
@@ -75,8 +93,11 @@ def make_experiment_data(
     for index in range(videos):
         video = synthesize_video(index, synth, body_model)
         gt = gt_arrays(video, synth)
-        rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x1A17]))
-        inits.append(noisy_init(gt["betas"], gt["global_orient"], gt["body_pose"], gt["camera"], config=init, rng=rng))
+        if init_source == "noisy":
+            rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x1A17]))
+            inits.append(noisy_init(gt["betas"], gt["global_orient"], gt["body_pose"], gt["camera"], config=init, rng=rng))
+        else:
+            inits.append(_keypoint_init(initializer, gt, synth))
         det, mask = detection_arrays(video)
         dets.append(det)
         masks.append(mask)
@@ -104,6 +125,15 @@ def make_experiment_data(
         gt_joints3d=np.stack(j3d).astype(np.float64),
         labels=labels,
     )
+
+
+def _keypoint_init(op: Any, gt: dict[str, np.ndarray], synth: SynthConfig) -> dict[str, np.ndarray]:
+    """The keypoint initialiser operator on the person of interest's detected keypoints ``(F, 17, 3)``."""
+    out = op({"key": [str(gt["video_id"])], "main_keypoints": [gt["keypoints2d_detected"].astype(np.float32)],
+              "keypoint_width": [synth.width], "keypoint_height": [synth.height]})
+    if out.get("status", ["pending"])[0] == "failed":
+        raise RuntimeError(out["reason"][0])
+    return {k: np.asarray(out[k][0], np.float32) for k in ("init_betas", "init_global_orient", "init_body_pose", "init_camera")}
 
 
 def _metrics(pred_joints: np.ndarray, gt_joints: np.ndarray) -> dict[str, float]:

@@ -22,9 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     abl.add_argument("--videos", type=int, default=32, help="number of synthetic videos (default 32)")
     abl.add_argument("--frames", type=int, default=100, help="frames per video (default 100)")
     abl.add_argument("--seed", type=int, default=1, help="synthetic world seed (default 1; the prior is fitted on 12345)")
+    abl.add_argument(
+        "--init", choices=("noisy", "keypoints"), default="noisy",
+        help="per-frame init: 'noisy' = ground truth with HMR-like per-frame noise (default); "
+        "'keypoints' = the embedded keypoint initialiser run on the detected keypoints",
+    )
     abl.add_argument("--json", action="store_true", help="print JSON {\"rows\": [...]} instead of a table")
     add_config_args(abl)
     abl.set_defaults(handler=_ablation)
+
+    from labelmill.pipelines.initializer_eval import register_initializer_eval
+
+    register_initializer_eval(sub)
 
 
 def _ablation(args: argparse.Namespace) -> int:
@@ -35,10 +44,12 @@ def _ablation(args: argparse.Namespace) -> int:
 
         raise UsageError("--videos must be >= 1 and --frames >= 3")
     cfg = resolve_config("pose3d", args)
-    data = make_experiment_data(videos=args.videos, frames=args.frames, seed=args.seed, synth=cfg.synth, init=cfg.init)
+    data = make_experiment_data(videos=args.videos, frames=args.frames, seed=args.seed, synth=cfg.synth, init=cfg.init,
+                                init_source=args.init, keypoint_init=cfg.keypoint_init)
     rows = ablation_rows(data, body=cfg.body_model, prior=cfg.prior, fit=cfg.fit)
     if args.json:
-        sys.stdout.write(json.dumps({"rows": rows, "videos": args.videos, "frames": args.frames, "seed": args.seed}) + "\n")
+        sys.stdout.write(json.dumps({"rows": rows, "videos": args.videos, "frames": args.frames, "seed": args.seed,
+                                     "init": args.init}) + "\n")
     else:
         sys.stdout.write(format_rows(rows))
     return 0
