@@ -6,7 +6,7 @@ allowed. Classes may add range checks in ``__post_init__`` by raising ``ValueErr
 re-raises them as ``ConfigError`` with the section's dotted path.
 
     cfg = load_config(Pose3dConfig, path="run.yaml", overrides=["fit.lambda_r=2.0"])
-    print(dump_yaml(cfg))
+    text = dump_yaml(cfg)  # the resolved config as YAML
 """
 
 from __future__ import annotations
