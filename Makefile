@@ -6,7 +6,7 @@ VENV ?= .venv
 # torch goes in first and alone: an unpinned torch request would pull CUDA wheels on a CPU
 # machine. constraints.txt then holds it for every later requirement.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,ray,beam
+EXTRAS ?= dev,ray,beam,mediapipe,onnx
 RUN_OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
@@ -28,10 +28,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstalls only when the project's install files change (idempotent otherwise).
+# OpenCV: every distribution installs the same `cv2` package; labelmill uses opencv-contrib-python
+# (mediapipe requires it by name), so the others are removed first. Removing one after
+# contrib was installed deletes files they share: the last line then reinstalls contrib.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip uninstall --quiet --yes opencv-python-headless opencv-python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -c "import cv2; cv2.HOGDescriptor" 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet --force-reinstall --no-deps -c constraints.txt "opencv-contrib-python>=4.9,<5"
 	$(BIN)/python -m labelmill.infra.envcheck
 	@touch $(STAMP)
 

@@ -17,9 +17,32 @@ def cuda_packages() -> list[str]:
     return sorted(n for n in names if n.lower().startswith("nvidia-"))
 
 
+def opencv_problem() -> str | None:
+    """Why the installed OpenCV cannot serve labelmill, or None.
+
+    Every OpenCV distribution installs the same ``cv2`` package, so two of them overwrite
+    each other's files; and 5.x dropped ``HOGDescriptor`` (the person detector).
+    """
+    names = {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
+    opencvs = sorted(n for n in names if n.startswith("opencv-"))
+    if len(opencvs) > 1:
+        return "several OpenCV distributions are installed (%s); keep only opencv-contrib-python<5" % ", ".join(opencvs)
+    try:
+        import cv2
+    except ImportError as exc:
+        return f"cv2 does not import: {exc}"
+    if not hasattr(cv2, "HOGDescriptor"):
+        return f"cv2 {cv2.__version__} has no HOGDescriptor (OpenCV 5.x?); install opencv-contrib-python<5"
+    return None
+
+
 def main() -> int:
     import torch
 
+    problem = opencv_problem()
+    if problem:
+        sys.stderr.write(f"labelmill: {problem}\n")
+        return 1
     found = cuda_packages()
     if found and torch.version.cuda is None and os.environ.get("LABELMILL_ALLOW_CUDA_PACKAGES") != "1":
         sys.stderr.write(
