@@ -58,6 +58,8 @@ class FitConfig:
     huber_delta_beta: float = 1.0  # Huber threshold on beta differences
     window: int = 100  # frames per problem; longer videos are split into overlapping windows
     window_overlap: int = 20  # frames shared by consecutive windows (cross-faded when stitching)
+    pad_multiple: int = 20  # problems are padded to a multiple of this many frames (depends on the video only)
+    cpu_threads: int = 1  # torch threads while fitting on CPU; 1 keeps results independent of batching; 0 = torch's
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     solver: LBFGSConfig = field(default_factory=lambda: LBFGSConfig(max_iter=300))  # run to convergence
 
@@ -79,6 +81,10 @@ class FitConfig:
             raise ValueError("window must be >= 2 frames")
         if not 0 <= self.window_overlap < self.window:
             raise ValueError("window_overlap must be in [0, window)")
+        if self.pad_multiple < 1:
+            raise ValueError("pad_multiple must be >= 1")
+        if self.cpu_threads < 0:
+            raise ValueError("cpu_threads must be >= 0 (0: torch's default)")
 
     @property
     def terms(self) -> str:

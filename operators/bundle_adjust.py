@@ -26,9 +26,10 @@ the batch are solved together, then stitched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -50,6 +51,18 @@ _OUTPUT_KEYS = (
     "fit_iterations",
 )
 _INPUT_KEYS = ("key", "keypoints", "person_mask", "init_betas", "init_global_orient", "init_body_pose", "init_camera")
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run with ``count`` torch intra-op threads (0: leave torch's setting), then restore it."""
+    previous = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _check_video(video: dict[str, np.ndarray]) -> str | None:
@@ -165,19 +178,36 @@ class BundleAdjust:
         return out
 
     def _fit_problems(self, videos: dict[int, dict[str, np.ndarray]], problems: list[tuple[int, int, int]]) -> list[dict]:
-        """Solve all windows in one batch; return per-problem numpy results."""
-        lengths = [e - s for _, s, e in problems]
-        f_max = max(lengths)
+        """Solve all windows; return per-problem numpy results in ``problems`` order.
+
+        Problems are padded to a length that depends only on themselves (a multiple of
+        ``fit.pad_multiple`` frames) and solved in one batch per padded length, so a video's
+        result does not depend on which other videos share its batch: with one CPU thread
+        (``fit.cpu_threads``) it is bit for bit the same on every engine.
+        """
+        multiple = self.fit_config.pad_multiple
+        groups: dict[int, list[int]] = {}
+        for n, (_, s, e) in enumerate(problems):
+            groups.setdefault(-(-(e - s) // multiple) * multiple, []).append(n)
+        out: list[dict | None] = [None] * len(problems)
+        with _torch_threads(self.fit_config.cpu_threads if self._device.type == "cpu" else 0):
+            for padded, members in sorted(groups.items()):
+                for n, result in zip(members, self._solve(videos, [problems[n] for n in members], padded)):
+                    out[n] = result
+        return out  # type: ignore[return-value]
+
+    def _solve(self, videos: dict[int, dict[str, np.ndarray]], problems: list[tuple[int, int, int]], f_pad: int) -> list[dict]:
+        """One batched solve of ``problems`` padded to ``f_pad`` frames."""
         p_max = max(max(videos[v]["keypoints"].shape[1], 1) for v, _, _ in problems)
         n = len(problems)
-        det = np.zeros((n, f_max, p_max, 17, 3), dtype=np.float32)
-        pmask = np.zeros((n, f_max, p_max), dtype=bool)
-        fmask = np.zeros((n, f_max), dtype=bool)
+        det = np.zeros((n, f_pad, p_max, 17, 3), dtype=np.float32)
+        pmask = np.zeros((n, f_pad, p_max), dtype=bool)
+        fmask = np.zeros((n, f_pad), dtype=bool)
         init = {
-            "init_betas": np.zeros((n, f_max, 10), np.float32),
-            "init_global_orient": np.zeros((n, f_max, 3), np.float32),
-            "init_body_pose": np.zeros((n, f_max, 69), np.float32),
-            "init_camera": np.zeros((n, f_max, 3), np.float32),
+            "init_betas": np.zeros((n, f_pad, 10), np.float32),
+            "init_global_orient": np.zeros((n, f_pad, 3), np.float32),
+            "init_body_pose": np.zeros((n, f_pad, 69), np.float32),
+            "init_camera": np.zeros((n, f_pad, 3), np.float32),
         }
         for i, (v, s, e) in enumerate(problems):
             video = videos[v]
@@ -188,8 +218,7 @@ class BundleAdjust:
             fmask[i, :length] = True
             for k in init:
                 init[k][i, :length] = video[k][s:e]
-            # Padded frames repeat the last real frame's init so every value stays finite.
-            for k in init:
+                # Padded frames repeat the last real frame's init so every value stays finite.
                 init[k][i, length:] = init[k][i, length - 1]
         batch = VideoBatch(
             detections=torch.from_numpy(det), person_mask=torch.from_numpy(pmask), frame_mask=torch.from_numpy(fmask),

@@ -84,3 +84,23 @@ def test_failed_and_malformed_items_pass_through_with_reasons(body):
     assert "video1" in out["reason"][1] and "init_body_pose has shape (6, 60), expected (F?, 69)".replace("F?", "6") in out["reason"][1]
     assert out["reason"][2] == "decode failed: truncated file"
     assert out["body_pose"][0].shape == (6, 69) and out["body_pose"][1] is None and out["body_pose"][2] is None
+
+
+def test_results_do_not_depend_on_batch_composition(body):
+    """Bit-identical per video whether fitted alone or with others (what byte-identical shards
+    on every engine rest on): padding depends on the video only, one CPU thread."""
+    import torch
+
+    videos = [make_video(body, s, n) for s, n in ((61, 9), (62, 14), (63, 7))]
+    op = BundleAdjust(fit=FitConfig(solver=LBFGSConfig(max_iter=15), cpu_threads=1))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the operator must pin its own threads
+    try:
+        together = op(columns(videos))
+        assert torch.get_num_threads() == 2  # and restores them
+        for i, v in enumerate(videos):
+            alone = op(columns([v]))
+            for name in ("body_pose", "camera", "betas", "joints3d"):
+                assert np.array_equal(alone[name][0], together[name][i]), (i, name)
+    finally:
+        torch.set_num_threads(previous)
