@@ -179,8 +179,6 @@ class KeypointsConfig:
         root = self.precomputed_root
         if root is not None and (not isinstance(root, str) or not root):
             raise ValueError(f"precomputed_root must be a non-empty fsspec URL or null, got {self.precomputed_root!r}")
-        if self.backend == "precomputed" and self.precomputed_root is None:
-            raise ValueError("precomputed_root is required with backend 'precomputed'")
         _check_choice(self, "precomputed_format", ("auto", "labelmill", "openpose", "coco"))
 
 
@@ -276,6 +274,9 @@ def build_keypoints_operator(config: KeypointsConfig):  # -> DetectKeypoints | P
     if config.backend == "precomputed":
         from labelmill.operators.keypoints_precomputed import PrecomputedKeypoints
 
+        if not config.precomputed_root:
+            raise ValueError("keypoints.precomputed_root is required with backend 'precomputed' "
+                             "(the pose3d pipeline defaults it to <corpus>/keypoints)")
         return PrecomputedKeypoints(root=config.precomputed_root, format=config.precomputed_format)
     return DetectKeypoints(config=config)
 

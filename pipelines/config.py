@@ -9,25 +9,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from labelmill.infra.config import ConfigError
+from labelmill.infra.engines.config import EngineConfig
 from labelmill.models.body_model import BodyModelConfig
 from labelmill.models.pose3d_fit import FitConfig
 from labelmill.models.pose_prior import PriorConfig
+from labelmill.operators.decode import DecodeConfig
 from labelmill.operators.fit_quality import FilterConfig
 from labelmill.operators.keypoint_init import KeypointInitConfig
+from labelmill.operators.keypoints_backend import KeypointsConfig
 from labelmill.operators.noisy_init import NoisyInitConfig
+from labelmill.operators.pose3d_samples import Pose3dSampleConfig
+from labelmill.operators.shard_writer import ShardConfig
 from labelmill.operators.synth.config import SynthConfig
+from labelmill.operators.tracking import TrackingConfig
 
 
 @dataclass
 class Pose3dConfig:
-    """pose3d: keypoints -> per-frame init -> bundle adjustment over SMPL -> loss filter."""
+    """pose3d: decode -> keypoints -> track -> per-frame init -> bundle adjustment -> filter -> shards."""
 
     seed: int = 0  # global seed for anything random in the run
+    engine: EngineConfig = field(default_factory=EngineConfig)  # local | ray | beam, resources per stage
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # fps, max side, JPEG quality
+    keypoints: KeypointsConfig = field(default_factory=KeypointsConfig)  # 2D keypoint backend
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # person-of-interest tracking
     body_model: BodyModelConfig = field(default_factory=BodyModelConfig)  # SMPL file or embedded stand-in
     prior: PriorConfig = field(default_factory=PriorConfig)  # GMM pose prior
     fit: FitConfig = field(default_factory=FitConfig)  # energy weights, windows, solver
     filter: FilterConfig = field(default_factory=FilterConfig)  # keep/drop thresholds
     keypoint_init: KeypointInitConfig = field(default_factory=KeypointInitConfig)  # embedded per-frame initialiser
+    samples: Pose3dSampleConfig = field(default_factory=Pose3dSampleConfig)  # sample fields
+    shards: ShardConfig = field(default_factory=ShardConfig)  # shard size and naming
     init: NoisyInitConfig = field(default_factory=NoisyInitConfig)  # HMR-like init noise (synthetic experiments)
     synth: SynthConfig = field(default_factory=SynthConfig)  # synthetic world (demo, eval, bench)
 
