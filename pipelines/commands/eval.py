@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     register_initializer_eval(sub)
 
+    from labelmill.pipelines.pose3d_eval import register_pose3d_eval
+
+    register_pose3d_eval(sub)
+
 
 def _ablation(args: argparse.Namespace) -> int:
     from labelmill.pipelines.pose3d_experiments import ablation_rows, make_experiment_data
