@@ -98,7 +98,9 @@ def fingerprints(cfg: Any) -> dict[str, str]:
 def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | None = None) -> Pose3dRun:
     """Run pose3d on ``input_url`` (a corpus: Kinetics CSV/dir, directory, file, manifest) into ``output_url``."""
     t0 = time.perf_counter()
-    engine_cfg = cfg.engine if engine_name is None else dataclasses.replace(cfg.engine, name=engine_name)
+    if engine_name is not None:
+        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, name=engine_name))
+    engine_cfg = cfg.engine
     pipeline = build_pose3d_pipeline(cfg, input_url)
     items = read_corpus(input_url).to_pylist()
     log.info("pose3d: %d inputs from %s, engine %s", len(items), input_url, engine_cfg.name)
