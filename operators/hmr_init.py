@@ -41,6 +41,7 @@ from labelmill.models.hmr import (
     labelmill_pose_from_rotmats,
     load_hmr_checkpoint,
 )
+from labelmill.operators.frame_fill import nearest_valid_index
 
 __all__ = ["HMRInitConfig", "HMRInit", "nearest_valid_index"]
 
@@ -75,22 +76,6 @@ class HMRInitConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not self.crop_scale > 0:
             raise ValueError(f"crop_scale must be > 0, got {self.crop_scale!r}")
-
-
-def nearest_valid_index(valid: np.ndarray) -> np.ndarray:
-    """For each frame, the index of the nearest frame with ``valid`` True (earlier one on ties).
-
-    valid (F,) bool with at least one True -> (F,) int64.
-    """
-    valid_idx = np.flatnonzero(valid)
-    if valid_idx.size == 0:
-        raise ValueError("no valid frame to copy from")
-    frames = np.arange(len(valid))
-    right = np.clip(np.searchsorted(valid_idx, frames), 0, len(valid_idx) - 1)
-    left = np.clip(right - 1, 0, len(valid_idx) - 1)
-    before, after = valid_idx[left], valid_idx[right]
-    take_before = np.abs(frames - before) <= np.abs(after - frames)
-    return np.where(take_before, before, after)
 
 
 def _decode_rgb(jpeg: Any) -> np.ndarray | None:

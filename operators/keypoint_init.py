@@ -48,6 +48,7 @@ from labelmill.models.keypoint_initializer import (
     rotmat_to_axis_angle,
     split_params,
 )
+from labelmill.operators.frame_fill import nearest_valid_index as fill_from_nearest
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +86,6 @@ class KeypointInitConfig:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if not isinstance(self.min_keypoints, int) or not 1 <= self.min_keypoints <= NUM_KEYPOINTS:
             raise ValueError(f"min_keypoints must be an integer in [1, {NUM_KEYPOINTS}], got {self.min_keypoints!r}")
-
-
-def fill_from_nearest(valid: np.ndarray) -> np.ndarray:
-    """For each frame, the index of the nearest valid frame (earlier on ties): ``(F,) bool -> (F,) int``.
-
-    Raises ValueError when no frame is valid.
-    """
-    valid = np.asarray(valid, bool)
-    frames = np.flatnonzero(valid)
-    if frames.size == 0:
-        raise ValueError("no valid frame to fill from")
-    t = np.arange(valid.size)
-    right = np.clip(np.searchsorted(frames, t), 0, frames.size - 1)
-    left = np.clip(right - 1, 0, frames.size - 1)
-    use_left = np.abs(t - frames[left]) <= np.abs(frames[right] - t)
-    return np.where(use_left, frames[left], frames[right])
 
 
 class KeypointInit:
