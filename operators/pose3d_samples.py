@@ -154,13 +154,12 @@ def _frames_array(row: Mapping[str, Any], name: str, key: str, num_frames: int, 
     return array
 
 
-def _main_keypoints(
+def _matched_detections(
     row: Mapping[str, Any], key: str, projected: np.ndarray, config: Pose3dSampleConfig
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(F, 17, 3)`` detections of the fitted person and ``(F,)`` their person index (None if given)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the detected person closest to the projection (as the frame loss judged it):
+    ``(F, 17, 3)`` keypoints (zeros where none) and ``(F,)`` person index (-1 where none)."""
     num_frames = projected.shape[0]
-    if row.get("main_keypoints") is not None:
-        return np.nan_to_num(_frames_array(row, "main_keypoints", key, num_frames, (17, 3))), None
     detections = np.nan_to_num(np.asarray(_column(row, "keypoints", key), dtype=np.float32))
     mask = np.asarray(_column(row, "person_mask", key), dtype=bool)
     if detections.ndim != 4 or detections.shape[0] != num_frames or detections.shape[2:] != (17, 3):
@@ -175,6 +174,22 @@ def _main_keypoints(
     found = matched >= 0
     chosen[found] = detections[np.flatnonzero(found), matched[found]]
     return chosen, matched
+
+
+def _main_keypoints(
+    row: Mapping[str, Any], key: str, projected: np.ndarray, config: Pose3dSampleConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(F, 17, 3)`` detections of the fitted person and ``(F,)`` their person index (-1: main_keypoints)."""
+    num_frames = projected.shape[0]
+    matched_keypoints, matched = _matched_detections(row, key, projected, config)
+    if row.get("main_keypoints") is None:
+        return matched_keypoints, matched
+    main = np.nan_to_num(_frames_array(row, "main_keypoints", key, num_frames, (17, 3)))
+    # The frame loss matched any detected person (E_R's inner min); where the person of interest
+    # is absent (a track broken by an occlusion) store the detection the frame was judged against.
+    absent = ~(main[..., 2] > 0).any(-1)
+    main[absent] = matched_keypoints[absent]
+    return main, np.where(absent, matched, -1)
 
 
 def _bbox(keypoints2d: np.ndarray, projected2d: np.ndarray, config: Pose3dSampleConfig) -> tuple[list, str]:
@@ -255,7 +270,7 @@ def video_samples(row: Mapping[str, Any], *, config: Pose3dSampleConfig | None =
                 "bbox": bbox,
                 "bbox_source": bbox_source,
                 "image_scale": scale,
-                "person": None if person is None else int(person[t]),
+                "person": None if person[t] < 0 else int(person[t]),
                 "label": label,
                 "frame_loss": loss,
                 "video_loss": video_loss,

@@ -66,7 +66,7 @@ class TrackingConfig:
     # Gate: a track and a detection whose cost exceeds this are never matched (cost lies in [0, 1]).
     max_cost: float = 0.8
     # Frames a track may go undetected and still continue; after more it ends.
-    max_gap: int = 15
+    max_gap: int = 25
     # Mean keypoint distance, in units of this times sqrt(box area), at which the distance term reaches 1.
     keypoint_distance_scale: float = 0.5
     # Keypoints with confidence at or below this are ignored in the keypoint distance.

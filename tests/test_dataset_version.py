@@ -152,7 +152,8 @@ def test_main_keypoints_column_and_bbox_fallback():
     row = fake_video_row("v", 2, seed=5)
     main = np.zeros((2, 17, 3), np.float32)
     main[..., :2] = 7.0
-    main[0, :, 2] = 1.0  # frame 0: confident; frame 1: nothing confident -> bbox from projected2d
+    main[0, :, 2] = 1.0  # frame 0: confident
+    main[1, :, 2] = 0.2  # frame 1: present but nothing confident -> bbox from projected2d
     row["main_keypoints"] = main
     result = video_samples(row, config=Pose3dSampleConfig(min_confidence=0.5))
     docs = [json.loads(s.fields["json"]) for s in result.samples]
@@ -162,6 +163,18 @@ def test_main_keypoints_column_and_bbox_fallback():
     assert docs[1]["bbox_source"] == "projected2d"
     assert docs[1]["bbox"] == pytest.approx([*proj.min(0), *proj.max(0)], rel=1e-6)
     np.testing.assert_array_equal(decode_npz(result.samples[0].fields["smpl.npz"])["keypoints2d"], main[0])
+
+
+def test_frames_without_the_person_of_interest_store_the_matched_detection():
+    row = fake_video_row("v", 2, seed=5)
+    main = np.zeros((2, 17, 3), np.float32)
+    main[0, :, :2], main[0, :, 2] = 7.0, 1.0  # frame 1: the person of interest is absent (broken track)
+    row["main_keypoints"] = main
+    result = video_samples(row)
+    docs = [json.loads(s.fields["json"]) for s in result.samples]
+    assert docs[0]["person"] is None and docs[1]["person"] is not None
+    stored = decode_npz(result.samples[1].fields["smpl.npz"])["keypoints2d"]
+    np.testing.assert_array_equal(stored, np.nan_to_num(row["keypoints"][1][docs[1]["person"]]))
 
 
 def test_inconsistent_video_becomes_failed_row_naming_the_problem():
