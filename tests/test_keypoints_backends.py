@@ -239,8 +239,8 @@ def test_config_validation_names_the_field():
         KeypointsConfig(max_people=0)
     with pytest.raises(ValueError, match="onnx_input_size"):
         KeypointsConfig(onnx_input_size=(192,))
-    with pytest.raises(ValueError, match="precomputed_root"):
-        KeypointsConfig(backend="precomputed")
+    with pytest.raises(ValueError, match="precomputed_root"):  # checked when the operator is built
+        build_keypoints_operator(KeypointsConfig(backend="precomputed"))
     with pytest.raises(ValueError, match="hog_win_stride"):
         KeypointsConfig(hog_win_stride=12)
     cfg = load_config(KeypointsConfig, None, ["onnx_input_size=[192, 256]", "backend=onnx", "onnx_path=m.onnx"])
