@@ -9,9 +9,11 @@ so they are narrower than COCO's annotated hips, which lie on the body surface.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 __all__ = [
     "COCO17_NAMES",
@@ -118,7 +120,7 @@ def face_landmark_vertex_ids(vertex_ids: Mapping[str, int] | None = None) -> tup
     return tuple(int(vertex_ids[name]) for name in face_landmark_names())
 
 
-_BODY_SOURCE = torch.tensor([COCO17_FROM_SMPL_JOINT[i] for i in COCO17_BODY_INDICES], dtype=torch.long)
+_BODY_SOURCE = tuple(COCO17_FROM_SMPL_JOINT[i] for i in COCO17_BODY_INDICES)
 
 
 def assemble_coco17(joints: torch.Tensor, face_points: torch.Tensor) -> torch.Tensor:
@@ -127,5 +129,7 @@ def assemble_coco17(joints: torch.Tensor, face_points: torch.Tensor) -> torch.Te
     joints: (B, 24, 3) SMPL joints. face_points: (B, 5, 3) landmark points in COCO face order
     (nose, left eye, right eye, left ear, right ear). Returns (B, 17, 3).
     """
-    body = joints.index_select(1, _BODY_SOURCE.to(joints.device))
+    import torch  # lazily: the name tables above are used by torch-free readers
+
+    body = joints[:, list(_BODY_SOURCE)]
     return torch.cat([face_points, body], dim=1)  # face indices 0..4, then body 5..16 in order

@@ -87,7 +87,7 @@ def _check_video(video: dict[str, np.ndarray]) -> str | None:
 class BundleAdjust:
     """Fit SMPL to whole videos, many per batch, then filter by normalised loss."""
 
-    resources = {"num_cpus": 1.0, "num_gpus": 0.0, "batch_size": 64}
+    resources = {"num_cpus": 1.0, "num_gpus": 0.0, "batch_size": 16}  # flat memory; see docs/benchmarks.md
 
     def __init__(
         self,

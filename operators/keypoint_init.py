@@ -91,7 +91,7 @@ class KeypointInitConfig:
 class KeypointInit:
     """Per-frame SMPL initialisation of the person of interest from its 2D keypoints."""
 
-    resources: ClassVar[dict[str, float]] = {"num_cpus": 1, "num_gpus": 0, "batch_size": 64}
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 1, "num_gpus": 0, "batch_size": 16}
 
     def __init__(
         self,

@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(fit)
     fit.set_defaults(handler=_fit)
 
+    from labelmill.pipelines.pipeline_bench import register_pipeline_bench
+
+    register_pipeline_bench(sub)
+
 
 def _fit(args: argparse.Namespace) -> int:
     from labelmill.pipelines.cli import UsageError
