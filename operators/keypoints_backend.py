@@ -29,7 +29,12 @@ from typing import Any, Literal, Sequence
 import cv2
 import numpy as np
 
-from labelmill.operators.keypoints_format import NUM_KEYPOINTS, VideoKeypoints, boxes_from_keypoints
+from labelmill.operators.keypoints_format import (
+    NUM_KEYPOINTS,
+    VideoKeypoints,
+    boxes_from_keypoints,
+    empty_keypoint_columns,
+)
 
 __all__ = [
     "Person",
@@ -353,18 +358,6 @@ def finish_people(
 # ----------------------------------------------------------------------------- operator
 
 
-def _empty_columns() -> dict[str, Any]:
-    return {
-        "keypoints": np.zeros((0, 0, NUM_KEYPOINTS, 3), np.float32),
-        "person_mask": np.zeros((0, 0), bool),
-        "boxes": np.zeros((0, 0, 4), np.float32),
-        "scores": np.zeros((0, 0), np.float32),
-        "keypoint_fps": math.nan,
-        "keypoint_width": 0,
-        "keypoint_height": 0,
-    }
-
-
 def _frame_rate(times: Sequence[float]) -> float:
     """Frames per second from frame times (1 / median step); NaN with fewer than two frames."""
     steps = np.diff(np.asarray(times, dtype=np.float64))
@@ -431,10 +424,10 @@ class DetectKeypoints:
         statuses = list(batch.get("status", [_STATUS_PENDING] * size))
         reasons = list(batch.get("reason", [None] * size))
         times = list(batch.get("frame_times", [None] * size))
-        columns: dict[str, list] = {name: [] for name in _empty_columns()}
+        columns: dict[str, list] = {name: [] for name in empty_keypoint_columns()}
         started, frames_done = time.perf_counter(), 0
         for i in range(size):
-            result = _empty_columns()
+            result = empty_keypoint_columns()
             if statuses[i] != _STATUS_FAILED:
                 try:
                     video = self._detect_item(batch, i)

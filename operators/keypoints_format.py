@@ -488,3 +488,16 @@ def _keypoint_array(value: Any, source: str, where: str) -> np.ndarray:
     if bad.size:
         raise _fail(source, f"{where}: keypoint {int(bad[0])} ({COCO17_NAMES[int(bad[0])]}) has non-finite coordinates")
     return array
+
+
+def empty_keypoint_columns() -> dict[str, Any]:
+    """The keypoint columns an operator gives an item it could not read or detect (no frames)."""
+    return {
+        "keypoints": np.zeros((0, 0, NUM_KEYPOINTS, 3), np.float32),
+        "person_mask": np.zeros((0, 0), bool),
+        "boxes": np.zeros((0, 0, 4), np.float32),
+        "scores": np.zeros((0, 0), np.float32),
+        "keypoint_fps": math.nan,
+        "keypoint_width": 0,
+        "keypoint_height": 0,
+    }

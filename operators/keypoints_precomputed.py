@@ -21,6 +21,7 @@ from fsspec.core import url_to_fs
 
 from labelmill.models.coco import COCO17_NAMES
 from labelmill.operators.keypoints_format import (
+    empty_keypoint_columns,
     NUM_KEYPOINTS,
     KeypointsFormatError,
     VideoKeypoints,
@@ -481,16 +482,7 @@ def _candidate_names(key: Any, uri: Any) -> list[str]:
 
 
 def _empty_columns() -> dict[str, Any]:
-    return {
-        "keypoints": np.zeros((0, 0, NUM_KEYPOINTS, 3), np.float32),
-        "person_mask": np.zeros((0, 0), bool),
-        "boxes": np.zeros((0, 0, 4), np.float32),
-        "scores": np.zeros((0, 0), np.float32),
-        "keypoint_fps": math.nan,
-        "keypoint_width": 0,
-        "keypoint_height": 0,
-        "keypoints_uri": None,
-    }
+    return {**empty_keypoint_columns(), "keypoints_uri": None}
 
 
 class PrecomputedKeypoints:
