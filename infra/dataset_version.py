@@ -407,6 +407,21 @@ class DatasetVersionWriter:
             added += 1
         return added
 
+    def write_file(self, relative: str, data: bytes) -> str:
+        """Write an extra file of the version (e.g. ``fits/<input>.npz``) atomically, before commit.
+
+        ``relative`` must stay inside the version directory and outside the reserved names
+        (shards/, the parquet files, stats.json, config.yaml, _SUCCESS). Returns its URL.
+        """
+        self._check_open()
+        top = relative.replace("\\", "/").lstrip("./").split("/", 1)[0]
+        if top in (SHARDS_DIR, INDEX_FILE, INPUTS_FILE, STATS_FILE, CONFIG_FILE, SUCCESS):
+            raise ValueError(f"{relative!r} is reserved in a dataset version")
+        self._prepare()
+        url = self._path(relative)
+        storage.write_bytes(url, bytes(data))
+        return url
+
     def write_shard(self, samples: Iterable[Sample], *, index: int) -> str:
         """Write ``samples`` (sorted by key) as shard number ``index`` now; returns its file name."""
         self._check_open()

@@ -5,7 +5,8 @@ The DAG is a plain list of engine-free operators (:class:`~labelmill.infra.pipel
 as a dataset version (DESIGN.md §2): WebDataset shards of kept frames, ``index.parquet``,
 ``inputs.parquet`` (every input written / filtered / failed with a reason), ``stats.json`` (the
 funnel and per-stage throughput), ``config.yaml`` (resolved config + code and model
-fingerprints), ``_SUCCESS``, then ``OUT/LATEST``.
+fingerprints), ``fits/<input>.npz`` (every fitted frame, kept or not: for evaluation and
+analysis; ``write_fits``), ``_SUCCESS``, then ``OUT/LATEST``.
 
 Every stage passes failed items through, so every input reaches the writer and ends in exactly
 one status. The writer sorts samples by key, so shards are byte-identical on every engine.
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from labelmill.infra import storage
 from labelmill.infra.config import dump_yaml
 from labelmill.infra.corpus import read_corpus
@@ -32,6 +35,7 @@ from labelmill.operators.decode import DecodeVideo
 from labelmill.operators.keypoint_init import KeypointInit
 from labelmill.operators.keypoints_backend import build_keypoints_operator
 from labelmill.operators.pose3d_samples import video_samples
+from labelmill.operators.shard_writer import encode_npz, member_key
 from labelmill.operators.tracking import TrackPersonOfInterest
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,20 @@ def fingerprints(cfg: Any) -> dict[str, str]:
     return out
 
 
+FITS_DIR = "fits"
+
+
+def _fit_arrays(row: dict[str, Any]) -> bytes:
+    """Every fitted frame of one input, kept or not (``fits/<input>.npz``; float32, no pickle)."""
+    return encode_npz({
+        "joints3d": np.asarray(row["joints3d"]),  # (F, 24, 3) metres
+        "keypoints3d": np.asarray(row["keypoints3d"]),  # (F, 17, 3)
+        "keypoints3d_init": np.asarray(row["keypoints3d_init"]),  # (F, 17, 3)
+        "frame_loss": np.asarray(row["frame_loss"]),  # (F,), NaN where not measurable
+        "keep_frame": np.asarray(row["keep_frame"], dtype=np.float32),  # (F,) 1 kept, 0 dropped
+    })
+
+
 def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | None = None) -> Pose3dRun:
     """Run pose3d on ``input_url`` (a corpus: Kinetics CSV/dir, directory, file, manifest) into ``output_url``."""
     t0 = time.perf_counter()
@@ -115,6 +133,8 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
                 result = video_samples(row, config=cfg.samples)
                 writer.add_samples(result.samples)
                 writer.record_inputs([result.input_row])
+                if cfg.write_fits and row.get("status") != "failed" and row.get("joints3d") is not None:
+                    writer.write_file(f"{FITS_DIR}/{member_key(str(row['key']))}.npz", _fit_arrays(row))
         run_stats = engine.stats.as_dict() if engine.stats is not None else {}
         stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"]} for s in run_stats.get("stages", [])}
         version_id = writer.commit(

@@ -2,9 +2,9 @@
 
 Reads every sample's ``smpl.npz`` from the shards and the ground truth of its input
 (``GT/<youtube id>.npz`` as ``labelmill synth pose`` writes it) and reports MPJPE and PA-MPJPE
-(mm) of the initialisation and of the final fit. The dataset holds kept frames only, so the
-figures are over kept frames; `over_all_frames` needs fits of the frames the filter dropped,
-which a dataset does not store, and is reported as null.
+(mm) of the initialisation and of the final fit over kept frames (the samples) and, from the
+version's ``fits/<input>.npz`` (every fitted frame, kept or dropped), over all frames; without
+``fits/`` (a run with ``write_fits: false``) ``over_all_frames`` is null.
 
 Joints compared: the 17 COCO keypoints in 3D (root = hip midpoint) for init and final (the
 dataset stores the init as keypoints only), and the 24 SMPL joints for the final fit.
@@ -52,6 +52,28 @@ def _read_samples(version_url: str) -> dict[str, dict[int, dict[str, np.ndarray]
     return out
 
 
+def _read_fits(version_url: str) -> dict[str, dict[str, np.ndarray]]:
+    """``{input key: arrays}`` from ``fits/*.npz`` (empty when the version has none)."""
+    out = {}
+    for url in storage.list_files(storage.join(version_url, "fits"), "*.npz"):
+        out[sample_key_from_member(url.rsplit("/", 1)[1][: -len(".npz")])] = decode_npz(storage.read_bytes(url))
+    return out
+
+
+def _accuracy(init_kp: list, final_kp: list, gt_kp: list, final_j: list, gt_j: list) -> dict[str, Any]:
+    gk = _hip_aligned(np.asarray(gt_kp, np.float64))
+    ik = _hip_aligned(np.asarray(init_kp, np.float64))
+    fk = _hip_aligned(np.asarray(final_kp, np.float64))
+    fj, gj = np.asarray(final_j, np.float64), np.asarray(gt_j, np.float64)
+    return {
+        "frames": len(final_kp),
+        "init": {"mpjpe_mm": float(mpjpe(ik, gk).mean()), "pa_mpjpe_mm": float(pa_mpjpe(ik, gk).mean())},
+        "final": {"mpjpe_mm": float(mpjpe(fk, gk).mean()), "pa_mpjpe_mm": float(pa_mpjpe(fk, gk).mean()),
+                  "mpjpe_smpl24_mm": float(mpjpe(fj, gj).mean()),
+                  "pa_mpjpe_smpl24_mm": float(pa_mpjpe(fj, gj).mean())},
+    }
+
+
 def _gt_for(gt_url: str, input_key: str) -> dict[str, np.ndarray] | None:
     base = input_key.rsplit("/", 1)[-1]  # directory corpora key by relative path
     for name in (input_key, _CLIP_SUFFIX.sub("", input_key), base, _CLIP_SUFFIX.sub("", base)):
@@ -83,24 +105,29 @@ def evaluate_pose3d(dataset_url: str, gt_url: str) -> dict[str, Any]:
             gt_j.append(gt["joints3d"][frame])
     if not final_kp:
         raise ValueError(f"no sample of {version.url} has ground truth under {gt_url}")
-    gk = _hip_aligned(np.asarray(gt_kp, np.float64))
-    ik = _hip_aligned(np.asarray(init_kp, np.float64))
-    fk = _hip_aligned(np.asarray(final_kp, np.float64))
-    fj, gj = np.asarray(final_j, np.float64), np.asarray(gt_j, np.float64)
+    kept = _accuracy(init_kp, final_kp, gt_kp, final_j, gt_j)
+    everything = None
+    fits = _read_fits(version.url)
+    if fits:
+        columns: list[list] = [[], [], [], [], []]
+        for input_key, arrays in sorted(fits.items()):
+            gt = _gt_for(gt_url, input_key)
+            if gt is None:
+                continue
+            frames = min(len(arrays["joints3d"]), len(gt["joints3d"]))
+            for values, column in zip((arrays["keypoints3d_init"], arrays["keypoints3d"], gt["keypoints3d"],
+                                       arrays["joints3d"], gt["joints3d"]), columns):
+                column.extend(values[:frames])
+        everything = _accuracy(*columns) if columns[0] else None
     return {
         "dataset": version.url,
         "frames": len(final_kp),
         "inputs": len(samples) - len(missing_gt),
         "inputs_without_gt": missing_gt,
-        "over_kept_frames": {
-            "init": {"mpjpe_mm": float(mpjpe(ik, gk).mean()), "pa_mpjpe_mm": float(pa_mpjpe(ik, gk).mean())},
-            "final": {"mpjpe_mm": float(mpjpe(fk, gk).mean()), "pa_mpjpe_mm": float(pa_mpjpe(fk, gk).mean()),
-                      "mpjpe_smpl24_mm": float(mpjpe(fj, gj).mean()),
-                      "pa_mpjpe_smpl24_mm": float(pa_mpjpe(fj, gj).mean())},
-        },
-        "over_all_frames": None,
-        "mpjpe_mm": float(mpjpe(fk, gk).mean()),
-        "pa_mpjpe_mm": float(pa_mpjpe(fk, gk).mean()),
+        "over_kept_frames": kept,
+        "over_all_frames": everything,
+        "mpjpe_mm": kept["final"]["mpjpe_mm"],
+        "pa_mpjpe_mm": kept["final"]["pa_mpjpe_mm"],
     }
 
 
@@ -128,4 +155,10 @@ def _run(args: argparse.Namespace) -> int:
             f"  init : MPJPE {kept['init']['mpjpe_mm']:.1f} mm, PA-MPJPE {kept['init']['pa_mpjpe_mm']:.1f} mm\n"
             f"  final: MPJPE {kept['final']['mpjpe_mm']:.1f} mm, PA-MPJPE {kept['final']['pa_mpjpe_mm']:.1f} mm\n"
         )
+        every = report["over_all_frames"]
+        if every:
+            sys.stdout.write(
+                f"  all {every['frames']} fitted frames: init MPJPE {every['init']['mpjpe_mm']:.1f} mm -> "
+                f"final {every['final']['mpjpe_mm']:.1f} mm (PA-MPJPE {every['final']['pa_mpjpe_mm']:.1f} mm)\n"
+            )
     return 0

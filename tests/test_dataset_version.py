@@ -340,3 +340,15 @@ def test_spooled_and_explicit_shards_and_size_rollover(tmp_path):
     assert spooled_shards == ["shard-000005.tar", "shard-000006.tar", "shard-000007.tar"]
     for url in dv.shard_urls(dv.version_url(out, "v1")):
         assert len(storage.read_bytes(url)) <= config.max_bytes_per_shard
+
+
+def test_extra_files_are_written_inside_the_version_and_reserved_names_refused(tmp_path):
+    out = str(tmp_path / "out")
+    with dv.DatasetVersionWriter(out, version_id="v1", config_yaml="a: 1\n") as writer:
+        url = writer.write_file("fits/x.npz", b"abc")
+        for bad in ("../escape.npz", "/abs.npz", "shards/evil.tar", "_SUCCESS", "index.parquet"):
+            with pytest.raises(ValueError):
+                writer.write_file(bad, b"x")
+        writer.commit()
+    assert url == dv.version_url(out, "v1") + "/fits/x.npz" and storage.read_bytes(url) == b"abc"
+    assert not (tmp_path / "escape.npz").exists()

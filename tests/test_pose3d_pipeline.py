@@ -42,6 +42,7 @@ def ray_session():
 
 def _digest(version_url):
     files = sorted(storage.list_files(storage.join(version_url, "shards"), "*.tar"))
+    files += sorted(storage.list_files(storage.join(version_url, "fits"), "*.npz"))
     files += [storage.join(version_url, "index.parquet"), storage.join(version_url, "inputs.parquet")]
     return {f.rsplit("/", 1)[1]: hashlib.sha256(storage.read_bytes(f)).hexdigest() for f in files}
 
@@ -56,6 +57,7 @@ def test_three_engines_write_identical_valid_datasets(corpus, tmp_path, ray_sess
         assert read_latest(out) == run.version_id
         digests[engine], runs[engine] = _digest(run.version_url), run
     assert digests["local"] == digests["ray"] == digests["beam"]
+    assert any(name.endswith(".npz") for name in digests["local"])  # fits/ compared too
     stats = runs["local"].stats
     inputs = stats["inputs"]
     assert inputs["in"] == 4 == inputs["written"] + inputs["filtered"] + inputs["failed"]
@@ -106,6 +108,9 @@ def test_pipeline_accuracy_equals_operator_level_result(corpus, tmp_path):
             compared += 1
     assert compared == run.stats["samples"] > 0
     report = evaluate_pose3d(str(tmp_path / "out"), str(corpus / "gt"))
-    kept = report["over_kept_frames"]
+    kept, every = report["over_kept_frames"], report["over_all_frames"]
     assert report["frames"] == compared
     assert kept["final"]["mpjpe_mm"] < kept["init"]["mpjpe_mm"]
+    # fits/ holds every fitted frame, kept or dropped: the "all frames" figures
+    assert every["frames"] == run.stats["frames"]["fitted"] >= compared
+    assert every["final"]["mpjpe_mm"] < every["init"]["mpjpe_mm"]
