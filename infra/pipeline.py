@@ -19,7 +19,7 @@ Apache Beam; engine choice is a flag, not a code change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 __all__ = [
     "Batch",
@@ -27,8 +27,6 @@ __all__ = [
     "Stage",
     "Pipeline",
     "batch_length",
-    "iter_batches",
-    "concat_batches",
     "rows_to_batch",
     "batch_to_rows",
 ]
@@ -119,18 +117,6 @@ def rows_to_batch(rows: Iterable[dict[str, Any]]) -> Batch:
 def batch_to_rows(batch: Batch) -> list[dict[str, Any]]:
     n = batch_length(batch)
     return [{k: v[i] for k, v in batch.items()} for i in range(n)]
-
-
-def iter_batches(rows: list[dict[str, Any]], batch_size: int) -> Iterator[Batch]:
-    for start in range(0, len(rows), batch_size):
-        yield rows_to_batch(rows[start : start + batch_size])
-
-
-def concat_batches(batches: Iterable[Batch]) -> Batch:
-    rows: list[dict[str, Any]] = []
-    for b in batches:
-        rows.extend(batch_to_rows(b))
-    return rows_to_batch(rows)
 
 
 def run_operator(operator: Callable[[Batch], Batch], batch: Batch) -> Batch:

@@ -28,16 +28,12 @@ def full_mesh_joints_fn(body_model: torch.nn.Module):
     return joints_fn
 
 
-def _select(batch: VideoBatch, i: int) -> VideoBatch:
-    return VideoBatch(**{f.name: getattr(batch, f.name)[i : i + 1] for f in dataclasses.fields(batch)})
-
-
 def fit_videos_one_by_one(energy: Pose3dEnergy, batch: VideoBatch) -> FitResult:
     """Fit each problem of ``batch`` alone with ``torch.optim.LBFGS`` (strong Wolfe)."""
     solver = energy.config.solver
     results: list[FitResult] = []
     for i in range(batch.batch_size):
-        problem = build_problem(energy, _select(batch, i))
+        problem = build_problem(energy, batch.select(slice(i, i + 1)))
         x = problem.x0.clone().requires_grad_(True)
         free = problem.free.to(x.dtype)
         optimizer = torch.optim.LBFGS(

@@ -19,7 +19,6 @@ The objective of a problem is the *mean over its real frames* of
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -118,6 +117,10 @@ class VideoBatch:
     @property
     def num_frames(self) -> int:
         return int(self.frame_mask.shape[1])
+
+    def select(self, rows: slice) -> "VideoBatch":
+        """The problems ``rows`` of this batch."""
+        return VideoBatch(**{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)})
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "VideoBatch":
         out = {}
@@ -260,23 +263,19 @@ class Pose3dProblem:
         per = x[:, NUM_BETAS:].reshape(b, f, PER_FRAME)
         return x[:, :NUM_BETAS], per[..., :3], per[..., 3:72], per[..., 72:75]
 
-    def objective(self, x: Tensor, rows: slice | None = None) -> Tensor:
-        """Per-problem objective ``(B,)``; ``rows`` restricts to a slice of problems."""
+    def objective(self, x: Tensor) -> Tensor:
+        """Per-problem objective ``(B,)``: mean per-frame energy over each problem's real frames."""
         betas, go, bp, cam = self.unpack(x)
-        batch, det, init_joints, n_real = self.batch, self.detections_n, self.init_joints, self.num_real
-        if rows is not None:
-            batch = VideoBatch(**{f.name: getattr(batch, f.name)[rows] for f in dataclasses.fields(batch)})
-            det, init_joints, n_real = det[rows], init_joints[rows], n_real[rows]
-        terms = self.energy.per_frame(betas, go, bp, cam, det, batch, init_joints)
+        terms = self.energy.per_frame(betas, go, bp, cam, self.detections_n, self.batch, self.init_joints)
         total = torch.zeros_like(cam[..., 0])
         for name in ("E_R", "E_T", "E_P"):
             if name in terms:
                 total = total + terms[name]
-        return total.sum(1) / n_real
+        return total.sum(1) / self.num_real
 
-    def to_pixels(self, camera_n: Tensor, rows: slice | None = None) -> Tensor:
+    def to_pixels(self, camera_n: Tensor) -> Tensor:
         """Normalised camera ``(B, F, 3)`` -> pixels."""
-        s0, c = (self.scale, self.centre) if rows is None else (self.scale[rows], self.centre[rows])
+        s0, c = self.scale, self.centre
         return torch.cat([camera_n[..., :1] * s0[:, None, None], camera_n[..., 1:] * s0[:, None, None] + c[:, None, :]], dim=-1)
 
 

@@ -36,6 +36,7 @@ import torch
 
 from labelmill.models.body_model import BodyModel, BodyModelConfig
 from labelmill.models.camera import project
+from labelmill.models.device import usable_device
 from labelmill.models.pose3d_fit import FitConfig, Pose3dEnergy, VideoBatch, fit_videos
 from labelmill.models.pose_prior import GMMPosePrior, PriorConfig
 from labelmill.models.windows import plan_windows, stitch_frames, stitch_shared
@@ -109,10 +110,7 @@ class BundleAdjust:
         """Load the body model and prior once per worker."""
         if self._energy is not None:
             return
-        device = torch.device(self.fit_config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            log.warning("fit.device=%s but no CUDA device is available; fitting on CPU", self.fit_config.device)
-            device = torch.device("cpu")
+        device = usable_device(self.fit_config.device, what="bundle adjustment (fit.device)")
         self._device = device
         body = BodyModel.from_config(self.body_model_config).to(device)
         prior = GMMPosePrior.from_config(self.prior_config).to(device)

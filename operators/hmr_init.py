@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from labelmill.models.body_model import BodyModel, BodyModelConfig
+from labelmill.models.device import usable_device
 from labelmill.models.hmr import (
     HMR,
     NUM_BETAS,
@@ -135,10 +136,7 @@ class HMRInit:
         if self._model is not None:
             return
         cfg = self.config
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            log.warning("HMR device=%s but no CUDA device is available; running on CPU", cfg.device)
-            device = torch.device("cpu")
+        device = usable_device(cfg.device, what="HMR")
         self._device = device
         model = load_hmr_checkpoint(cfg.checkpoint, mean_params=cfg.mean_params, num_iterations=cfg.num_iterations)
         self._body = BodyModel.from_config(self.body_model_config).to(device)

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from labelmill.models.device import usable_device
 from labelmill.models.initializer_training import InitializerTrainingConfig, TrainingSources, train_initializer
 from labelmill.models.keypoint_initializer import (
     NUM_KEYPOINTS,
@@ -122,10 +123,7 @@ class KeypointInit:
         if self._model is not None:
             return
         cfg = self.config
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            log.warning("init device %s requested but no CUDA device is available; running on CPU", cfg.device)
-            device = torch.device("cpu")
+        device = usable_device(cfg.device, what="keypoint initialiser")
         if cfg.weights is None:
             model = load_default_initializer(train_if_missing=cfg.train_if_missing)
         else:

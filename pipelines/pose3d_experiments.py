@@ -188,10 +188,6 @@ def _frames_per_second(fn, energy: Pose3dEnergy, batch: VideoBatch) -> tuple[Fit
     return result, frames / (time.perf_counter() - t0)
 
 
-def _subset(batch: VideoBatch, n: int) -> VideoBatch:
-    return VideoBatch(**{f.name: getattr(batch, f.name)[:n] for f in dataclasses.fields(batch)})
-
-
 def bench_fit(
     data: ExperimentData,
     *,
@@ -214,7 +210,7 @@ def bench_fit(
     n_all = batch.batch_size
     n_base = min(n_all, baseline_videos or n_all)
     ours, ours_fps = _frames_per_second(fit_videos, ours_energy, batch)
-    base, base_fps = _frames_per_second(fit_videos_one_by_one, base_energy, _subset(batch, n_base))
+    base, base_fps = _frames_per_second(fit_videos_one_by_one, base_energy, batch.select(slice(0, n_base)))
     ours_j = ours.joints3d.cpu().double().numpy()
     base_j = base.joints3d.cpu().double().numpy()
     out: dict[str, Any] = {
