@@ -57,3 +57,10 @@ def test_demo_job_end_to_end(tmp_path, capsys):
     assert "accuracy on kept synthetic frames" in printed and "real clips skipped" in printed
     assert validate_version(str(out / "dataset")) == []
     assert (out / "corpus" / "manifest.csv").exists()
+
+
+def test_cli_pipeline_names_match_the_configs():
+    from labelmill.pipelines.commands._common import PIPELINE_NAMES
+    from labelmill.pipelines.config import PIPELINE_CONFIGS
+
+    assert set(PIPELINE_NAMES) == set(PIPELINE_CONFIGS)

@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from labelmill.infra.config import dump_yaml
-from labelmill.pipelines.commands._common import add_config_args, resolve_config
-from labelmill.pipelines.config import PIPELINE_CONFIGS
+from labelmill.pipelines.commands._common import PIPELINE_NAMES, add_config_args, resolve_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print the resolved config (defaults < --config < --set) as YAML",
         description="Print the resolved config of PIPELINE as YAML.",
     )
-    show.add_argument("pipeline", choices=sorted(PIPELINE_CONFIGS), help="pipeline name")
+    show.add_argument("pipeline", choices=PIPELINE_NAMES, help="pipeline name")
     add_config_args(show)
     show.set_defaults(handler=_show)
 

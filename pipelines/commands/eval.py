@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(abl)
     abl.set_defaults(handler=_ablation)
 
-    from labelmill.pipelines.initializer_eval import register_initializer_eval
+    from labelmill.pipelines.commands.eval_initializer import register_initializer_eval
 
     register_initializer_eval(sub)
 

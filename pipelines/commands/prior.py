@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labelmill.models.pose_prior import BODY_POSE_DIM
 
 if TYPE_CHECKING:
     from labelmill.models.gmm_em import GMMParams
@@ -132,6 +131,7 @@ def body_pose_columns(poses: np.ndarray, *, name: str = "poses") -> np.ndarray:
     replaces by finger joints) are set to zero; ``(N, 23, 3)`` / ``(N, 24, 3)`` are flattened
     (the latter without joint 0).
     """
+    from labelmill.models.pose_prior import BODY_POSE_DIM  # lazily: torch is not needed to build the CLI
     from labelmill.pipelines.cli import UsageError
 
     if poses.ndim == 3 and poses.shape[2] == 3 and poses.shape[1] in (23, 24):

@@ -13,9 +13,6 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from labelmill.models.initializer_training import InitializerTrainingConfig
-
-    defaults = InitializerTrainingConfig()
     parser = subparsers.add_parser(
         "train",
         help="train an embedded model (the keypoint initialiser)",
@@ -32,17 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`labelmill train initializer --out models/data/keypoint_initializer.npz` with the defaults.",
     )
     init.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the weights (any fsspec URL)")
-    init.add_argument("--steps", type=int, default=defaults.steps, help=f"optimiser steps (default {defaults.steps})")
-    init.add_argument("--seed", type=int, default=defaults.seed,
-                      help=f"seed of data and weights (default {defaults.seed}; keep apart from evaluation seeds)")
-    init.add_argument("--batch", type=int, default=defaults.batch_size,
-                      help=f"examples per step (default {defaults.batch_size})")
-    init.add_argument("--threads", type=int, default=defaults.threads,
-                      help=f"torch threads while training (default {defaults.threads})")
-    init.add_argument("--pose-pool", type=int, default=defaults.pose_pool,
-                      help=f"motion frames drawn once per run (default {defaults.pose_pool})")
-    init.add_argument("--log-every", type=int, default=defaults.log_every,
-                      help=f"log losses every N steps (default {defaults.log_every})")
+    # Defaults come from InitializerTrainingConfig when the command runs (importing it here would
+    # load torch for every labelmill command); docs/initializer.md lists them.
+    init.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
+    init.add_argument("--seed", type=int, default=None,
+                      help="seed of data and weights (default: the recipe's; keep apart from evaluation seeds)")
+    init.add_argument("--batch", type=int, default=None, help="examples per step (default: the recipe's)")
+    init.add_argument("--threads", type=int, default=None, help="torch threads while training (default: the recipe's)")
+    init.add_argument("--pose-pool", type=int, default=None,
+                      help="motion frames drawn once per run (default: the recipe's)")
+    init.add_argument("--log-every", type=int, default=None, help="log losses every N steps (default: the recipe's)")
     init.add_argument("--body-model", default=None, metavar="SMPL",
                       help="SMPL .pkl/.npz to train for (default: the embedded default body)")
     init.set_defaults(handler=run_train_initializer)  # fmt: skip
@@ -55,10 +51,9 @@ def run_train_initializer(args: argparse.Namespace) -> int:
     from labelmill.pipelines.cli import UsageError
 
     try:
-        config = InitializerTrainingConfig(
-            steps=args.steps, batch_size=args.batch, seed=args.seed, threads=args.threads,
-            pose_pool=args.pose_pool, log_every=args.log_every,
-        )  # fmt: skip
+        given = {"steps": args.steps, "batch_size": args.batch, "seed": args.seed, "threads": args.threads,
+                 "pose_pool": args.pose_pool, "log_every": args.log_every}
+        config = InitializerTrainingConfig(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise UsageError(f"labelmill train initializer: {exc}") from None
     try:
