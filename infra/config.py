@@ -18,6 +18,8 @@ from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, 
 
 import yaml
 
+from labelmill.infra.formats.config_yaml import dump_yaml, to_dict  # noqa: F401 (part of this module's API)
+
 T = TypeVar("T")
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "apply_overrides", "load_config", "dump_yaml", "parse_override"]
@@ -130,21 +132,6 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict of a config (tuples become lists) suitable for YAML/JSON."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(cfg)
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"fit.lambda_r=2"`` -> (["fit", "lambda_r"], 2). Values are parsed as YAML scalars."""
     if "=" not in text:
@@ -206,8 +193,3 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], prefix: str) -> None
             _merge(base[k], v, f"{prefix}{k}.")
         else:
             base[k] = v
-
-
-def dump_yaml(cfg: Any) -> str:
-    """The resolved config as YAML (keys in declaration order)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)

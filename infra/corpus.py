@@ -43,6 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from labelmill.infra.formats.items import STATUS_FAILED, STATUS_PENDING
+
 __all__ = [
     "WORK_ITEM_SCHEMA",
     "STATUS_PENDING",
@@ -64,8 +66,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STATUS_PENDING = "pending"
-STATUS_FAILED = "failed"
 DEFAULT_VIDEO_EXTENSIONS: tuple[str, ...] = ("mp4", "avi", "mkv", "mov", "webm")
 
 WORK_ITEM_SCHEMA = pa.schema(

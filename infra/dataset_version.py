@@ -3,7 +3,7 @@
 Layout (DESIGN §2)::
 
     OUT/LATEST                          text: id of the newest committed version
-    OUT/versions/<id>/shards/*.tar       WebDataset shards (operators/shard_writer.py)
+    OUT/versions/<id>/shards/*.tar       WebDataset shards (infra/formats/shards.py)
     OUT/versions/<id>/index.parquet      one row per sample, sorted by key
     OUT/versions/<id>/inputs.parquet     one row per input item, sorted by input_key
     OUT/versions/<id>/stats.json         funnel counts and per-stage throughput
@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from labelmill.infra import storage
 from labelmill.infra.schema import INPUT_STATUSES, WRITER_INDEX_COLUMNS, DatasetSchema, load_schema
-from labelmill.operators.shard_writer import (
+from labelmill.infra.formats.shards import (
     Sample,
     ShardConfig,
     member_key,

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
+from labelmill.infra.formats.items import STATUS_FAILED, STATUS_PENDING  # noqa: F401 (re-exported)
+
 __all__ = [
     "Batch",
     "Operator",
@@ -33,8 +35,6 @@ __all__ = [
 
 Batch = dict[str, list]
 
-STATUS_PENDING = "pending"
-STATUS_FAILED = "failed"
 
 
 @runtime_checkable

@@ -28,6 +28,8 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 
+from labelmill.infra.formats.items import INPUT_STATUSES
+
 __all__ = [
     "SchemaError",
     "Issue",
@@ -47,7 +49,6 @@ __all__ = [
 WRITER_INDEX_COLUMNS = ("key", "member_key", "shard", "num_bytes")
 _REQUIRED_INDEX_COLUMNS = (*WRITER_INDEX_COLUMNS, "input_key")
 _REQUIRED_INPUTS_COLUMNS = ("input_key", "status", "reason", "frames_in", "frames_fitted", "frames_written")
-INPUT_STATUSES = ("written", "filtered", "failed")
 
 _KINDS = ("jpeg", "png", "json", "npz")
 _VALUE_TYPES = ("string", "integer", "number", "boolean", "array")

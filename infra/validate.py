@@ -44,7 +44,7 @@ from labelmill.infra.dataset_version import (
     resolve_version,
 )
 from labelmill.infra.schema import INPUT_STATUSES, DatasetSchema, SchemaError, check_field, check_table, load_schema
-from labelmill.operators.shard_writer import members_tar_size, member_key, sample_key_from_member, split_member_name
+from labelmill.infra.formats.shards import members_tar_size, member_key, sample_key_from_member, split_member_name
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ same torch build and thread count).
 
 This module does not import the synthetic world (``models`` never imports ``operators``): the
 pose pool and the detector noise are passed in as :class:`TrainingSources`;
-:func:`labelmill.operators.keypoint_init.synthetic_training_sources` wires the synthetic
+:func:`labelmill.operators.pose3d.keypoint_init.synthetic_training_sources` wires the synthetic
 world's motion library and detector-noise function.
 """
 

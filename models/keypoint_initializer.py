@@ -328,14 +328,14 @@ class KeypointInitializer(nn.Module):
 
     def save(self, path: str) -> None:
         """Write ``.npz``: every state-dict tensor as float32 plus ``metadata`` (JSON text), atomically."""
-        from labelmill.infra import storage
+        from labelmill.models.model_files import write_model_bytes
 
         metadata = {"format": FILE_FORMAT, "net": dataclasses.asdict(self.config), **self.metadata}
         arrays: dict[str, np.ndarray] = {f"param/{k}": v for k, v in self.state_arrays().items()}
         arrays["metadata"] = np.array(json.dumps(metadata, sort_keys=True))
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        storage.write_bytes(path, buffer.getvalue())
+        write_model_bytes(path, buffer.getvalue())
 
     @classmethod
     def from_file(cls, path: str) -> "KeypointInitializer":
@@ -344,12 +344,9 @@ class KeypointInitializer(nn.Module):
         Raises FileNotFoundError when the file is missing and ValueError naming the file when
         it is not an initialiser file or does not match its own architecture.
         """
-        from labelmill.infra import storage
+        from labelmill.models.model_files import read_model_bytes
 
-        try:
-            data = storage.read_bytes(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"keypoint initialiser weights {path} do not exist") from None
+        data = read_model_bytes(path, what="keypoint initialiser weights")
         try:
             npz = np.load(io.BytesIO(data), allow_pickle=False)
         except Exception as exc:
@@ -387,7 +384,7 @@ class KeypointInitializer(nn.Module):
         """The embedded default: the shipped weights, else weights trained on first use and cached.
 
         Raises FileNotFoundError (with how to make them) when neither exists; the operator
-        :class:`labelmill.operators.keypoint_init.KeypointInit` trains them then.
+        :class:`labelmill.operators.pose3d.keypoint_init.KeypointInit` trains them then.
         """
         for path in (default_weights_path(), cached_weights_path()):
             if path.exists():

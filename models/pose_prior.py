@@ -283,13 +283,10 @@ class GMMPosePrior(nn.Module):
         The format is told by the file's first bytes (zip: npz; otherwise a pickle, read with
         the chumpy-free :func:`labelmill.models.legacy_pickle.load_legacy_pickle`).
         """
-        from labelmill.infra import storage
         from labelmill.models.legacy_pickle import load_legacy_pickle
+        from labelmill.models.model_files import read_model_bytes
 
-        try:
-            data = storage.read_bytes(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"pose prior file {path} does not exist") from None
+        data = read_model_bytes(path, what="pose prior file")
         provenance = None
         if data[:4] == b"PK\x03\x04":  # zip archive: .npz
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -331,7 +328,7 @@ class GMMPosePrior(nn.Module):
 
     def save_npz(self, path: str, *, dtype: Any = np.float32) -> None:
         """Write means/covars/weights (and provenance, if any) as a compressed ``.npz``, atomically."""
-        from labelmill.infra import storage
+        from labelmill.models.model_files import write_model_bytes
 
         arrays: dict[str, np.ndarray] = {
             name: getattr(self, name).detach().cpu().numpy().astype(dtype) for name in ("means", "covars", "weights")
@@ -340,7 +337,7 @@ class GMMPosePrior(nn.Module):
             arrays["provenance"] = np.array(self.provenance)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        storage.write_bytes(path, buffer.getvalue())
+        write_model_bytes(path, buffer.getvalue())
 
 
 def _require_keys(path: str, keys: list[str]) -> None:

@@ -13,15 +13,15 @@ from labelmill.infra.engines.config import EngineConfig
 from labelmill.models.body_model import BodyModelConfig
 from labelmill.models.pose3d_fit import FitConfig
 from labelmill.models.pose_prior import PriorConfig
-from labelmill.operators.decode import DecodeConfig
-from labelmill.operators.fit_quality import FilterConfig
-from labelmill.operators.keypoint_init import KeypointInitConfig
-from labelmill.operators.keypoints_backend import KeypointsConfig
-from labelmill.operators.noisy_init import NoisyInitConfig
-from labelmill.operators.pose3d_samples import Pose3dSampleConfig
-from labelmill.operators.shard_writer import ShardConfig
+from labelmill.operators.common.decode import DecodeConfig
+from labelmill.operators.pose3d.fit_quality import FilterConfig
+from labelmill.operators.pose3d.keypoint_init import KeypointInitConfig
+from labelmill.operators.pose3d.keypoints_backend import KeypointsConfig
+from labelmill.operators.pose3d.noisy_init import NoisyInitConfig
+from labelmill.operators.pose3d.samples import Pose3dSampleConfig
+from labelmill.infra.formats.shards import ShardConfig
 from labelmill.operators.synth.config import SynthConfig
-from labelmill.operators.tracking import TrackingConfig
+from labelmill.operators.pose3d.tracking import TrackingConfig
 
 
 @dataclass

@@ -5,7 +5,7 @@ no rendering) with seed ``seed`` (default 1; the default initialiser trains on p
 seed 7000 from a different random stream). The person of interest's detected keypoints
 (``gt["keypoints2d_detected"]``: noise, low-confidence guesses, dropped joints, outlier and
 missed frames included) go through the pipeline's operator
-(:class:`labelmill.operators.keypoint_init.KeypointInit`, so unusable frames copy the nearest
+(:class:`labelmill.operators.pose3d.keypoint_init.KeypointInit`, so unusable frames copy the nearest
 usable frame), and the 24 SMPL joints of its estimate are compared with ``gt["joints3d"]`` on
 every frame: MPJPE after aligning the pelvis and PA-MPJPE (:mod:`labelmill.models.metrics`).
 
@@ -18,7 +18,7 @@ Baselines, with the same metrics on the same frames:
 * ``mean_pose_gt_orient_*``: the same mean pose and zero betas with the ground-truth global
   orientation (an oracle for facing; it shows what the pose alone is worth).
 * ``noisy_init_*``: the HMR-like noisy copy of the ground truth used by the synthetic
-  experiments (:mod:`labelmill.operators.noisy_init`, default noise), for reference.
+  experiments (:mod:`labelmill.operators.pose3d.noisy_init`, default noise), for reference.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch
 from labelmill.models.body_model import BodyModel
 from labelmill.models.keypoint_initializer import KeypointInitializer, rotmat_to_axis_angle, split_params
 from labelmill.models.metrics import mpjpe, pa_mpjpe
-from labelmill.operators.keypoint_init import KeypointInit
-from labelmill.operators.noisy_init import NoisyInitConfig, noisy_init
+from labelmill.operators.pose3d.keypoint_init import KeypointInit
+from labelmill.operators.pose3d.noisy_init import NoisyInitConfig, noisy_init
 from labelmill.operators.synth.config import SynthConfig
 from labelmill.operators.synth.corpus import gt_arrays
 from labelmill.operators.synth.scene import single_threaded, synthesize_video

@@ -30,13 +30,13 @@ from labelmill.infra.corpus import read_corpus
 from labelmill.infra.dataset_version import DatasetVersionWriter, read_stats
 from labelmill.infra.engines import get_engine
 from labelmill.infra.pipeline import Pipeline, Stage, batch_to_rows
-from labelmill.operators.bundle_adjust import BundleAdjust
-from labelmill.operators.decode import DecodeVideo
-from labelmill.operators.keypoint_init import KeypointInit
-from labelmill.operators.keypoints_backend import build_keypoints_operator
-from labelmill.operators.pose3d_samples import video_samples
-from labelmill.operators.shard_writer import encode_npz, member_key
-from labelmill.operators.tracking import TrackPersonOfInterest
+from labelmill.operators.pose3d.bundle_adjust import BundleAdjust
+from labelmill.operators.common.decode import DecodeVideo
+from labelmill.operators.pose3d.keypoint_init import KeypointInit
+from labelmill.operators.pose3d.keypoints_backend import build_keypoints_operator
+from labelmill.operators.pose3d.samples import video_samples
+from labelmill.infra.formats.shards import encode_npz, member_key
+from labelmill.operators.pose3d.tracking import TrackPersonOfInterest
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import numpy as np
 from labelmill.infra import storage
 from labelmill.infra.dataset_version import resolve_version, shard_urls
 from labelmill.models.metrics import mpjpe, pa_mpjpe
-from labelmill.operators.shard_writer import decode_npz, sample_key_from_member, split_member_name
+from labelmill.infra.formats.shards import decode_npz, sample_key_from_member, split_member_name
 
 __all__ = ["evaluate_pose3d", "register_pose3d_eval"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from labelmill.infra.engines.base import Engine, RunStats, StageStats, collect_by_key
 from labelmill.infra.engines.config import ENGINE_NAMES, EngineConfig
 
-__all__ = ["Engine", "EngineConfig", "RunStats", "StageStats", "ENGINE_NAMES", "get_engine", "collect_by_key"]
+__all__ = ["Engine", "EngineConfig", "RunStats", "StageStats", "ENGINE_NAMES", "get_engine", "collect_by_key", "shutdown_engine"]
 
 
 def get_engine(name: str, config: EngineConfig | None = None) -> Engine:
@@ -36,3 +36,13 @@ def get_engine(name: str, config: EngineConfig | None = None) -> Engine:
     from labelmill.infra.engines.beam_engine import BeamEngine
 
     return BeamEngine(config=config)
+
+
+def shutdown_engine(name: str) -> None:
+    """Release what an engine keeps between runs in this process (Ray: the session it started or joined)."""
+    if name == "ray":
+        import sys
+
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
 
 from labelmill.infra.engines.config import EngineConfig
-from labelmill.infra.engines.payload import find_unsupported
+from labelmill.infra.formats.payload import find_unsupported
 from labelmill.infra.pipeline import (
     STATUS_FAILED,
     STATUS_PENDING,

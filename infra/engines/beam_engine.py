@@ -4,7 +4,7 @@ Graph: ``Create`` (encoded items) -> per stage ``BatchElements(batch_size)`` -> 
 DoFn)`` -> ``WriteToParquet`` -> the driver reads the Parquet files back and yields batches.
 
 * Elements are ``(key, payload, seconds)``: the key, one item encoded by
-  :mod:`labelmill.infra.engines.payload` (no pickle of user data; Beam's coders see only str,
+  :mod:`labelmill.infra.formats.payload` (no pickle of user data; Beam's coders see only str,
   bytes and floats) and the operator seconds spent on the item so far, one entry per stage.
 * The stage DoFn's ``setup()`` calls ``operator.setup()`` once per DoFn instance (model loading
   is separate from running); ``process`` takes one batch. Operator exceptions fail only the
@@ -40,7 +40,7 @@ from apache_beam.runners.runner import PipelineState
 from labelmill.infra import storage
 from labelmill.infra.engines.base import RunStats, StatsRecorder, call_stage, prepare_items, resolve_stages
 from labelmill.infra.engines.config import EngineConfig
-from labelmill.infra.engines.payload import KEY_COLUMN, PAYLOAD_COLUMN, decode_item, encode_item, iter_payloads
+from labelmill.infra.formats.payload import KEY_COLUMN, PAYLOAD_COLUMN, decode_item, encode_item, iter_payloads
 from labelmill.infra.pipeline import Batch, Pipeline, Stage, rows_to_batch
 
 __all__ = ["BeamEngine", "StageDoFn", "pipeline_options", "WIRE_TYPE"]

@@ -1,7 +1,7 @@
 """The Ray engine: Ray Data ``map_batches`` with one callable class (actor pool) per stage.
 
 Wire format: an Arrow table with ``key`` (string), ``payload`` (large_binary, one encoded item,
-see :mod:`labelmill.infra.engines.payload`) and one float64 column ``_seconds_<i>`` per stage
+see :mod:`labelmill.infra.formats.payload`) and one float64 column ``_seconds_<i>`` per stage
 already run (operator seconds of the item's batch divided by its size; the driver sums them
 into per-stage stats). Stage workers decode, run the operator, encode; Ray Data only moves
 bytes, so ragged arrays, lists of JPEG bytes and None survive unchanged and no user data is
@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from labelmill.infra.engines.base import RunStats, StatsRecorder, call_stage, prepare_items, resolve_stages
 from labelmill.infra.engines.config import EngineConfig
-from labelmill.infra.engines.payload import items_to_table, table_to_items
+from labelmill.infra.formats.payload import items_to_table, table_to_items
 from labelmill.infra.pipeline import Batch, Pipeline, Stage, rows_to_batch
 
 __all__ = ["RayEngine", "ensure_ray", "stage_placement", "fit_cpus"]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from labelmill.infra import storage
-from labelmill.infra.config import dump_yaml
+from labelmill.infra.formats.config_yaml import dump_yaml
 from labelmill.models.coco import COCO17_NAMES
 from labelmill.operators.synth.config import SynthConfig
 from labelmill.operators.synth.render import Mp4Writer

@@ -34,14 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(fit)
     fit.set_defaults(handler=_fit)
 
-    from labelmill.pipelines.pipeline_bench import register_pipeline_bench
+    from labelmill.pipelines.experiments.pipeline_bench import register_pipeline_bench
 
     register_pipeline_bench(sub)
 
 
 def _fit(args: argparse.Namespace) -> int:
     from labelmill.pipelines.cli import UsageError
-    from labelmill.pipelines.pose3d_experiments import bench_fit, make_experiment_data
+    from labelmill.pipelines.experiments.ablation import bench_fit, make_experiment_data
 
     if args.threads is not None:
         import torch

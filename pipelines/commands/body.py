@@ -93,7 +93,7 @@ def render_body_grid(body, *, panel_height: int = 360, columns: int = 4) -> np.n
     import cv2
     import torch
 
-    from labelmill.operators import mesh_render
+    from labelmill.operators.common import mesh_render
 
     panel_width = int(round(panel_height * 0.75))
     supersample = 2

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _ablation(args: argparse.Namespace) -> int:
-    from labelmill.pipelines.pose3d_experiments import ablation_rows, make_experiment_data
+    from labelmill.pipelines.experiments.ablation import ablation_rows, make_experiment_data
 
     if args.videos < 1 or args.frames < 3:
         from labelmill.pipelines.cli import UsageError

@@ -1,8 +1,8 @@
 """`labelmill keypoints VIDEO --out kp.json`: detect, track and write 2D keypoints of one video.
 
-Decodes the video (``operators/decode.py``), detects COCO-17 keypoints with a live backend
-(``operators/keypoints_backend.py``: MediaPipe BlazePose or an ONNX model) or reads
-precomputed ones, tracks people and picks the person of interest (``operators/tracking.py``),
+Decodes the video (``operators/common/decode.py``), detects COCO-17 keypoints with a live backend
+(``operators/pose3d/keypoints_backend.py``: MediaPipe BlazePose or an ONNX model) or reads
+precomputed ones, tracks people and picks the person of interest (``operators/pose3d/tracking.py``),
 writes the labelmill keypoints JSON (docs/keypoints.md) and, with ``--overlay``, the frames
 with skeletons drawn on them (an ``.mp4`` file, or a folder of PNG frames).
 """
@@ -30,9 +30,9 @@ _BACKENDS = ("mediapipe", "onnx", "precomputed")
 def keypoints_command_config_class() -> type:
     """Root config of ``labelmill keypoints``: sections ``keypoints`` (KeypointsConfig),
     ``tracking`` (TrackingConfig) and ``decode`` (DecodeConfig), so ``--set keypoints.key=value``."""
-    from labelmill.operators.decode import DecodeConfig
-    from labelmill.operators.keypoints_backend import KeypointsConfig
-    from labelmill.operators.tracking import TrackingConfig
+    from labelmill.operators.common.decode import DecodeConfig
+    from labelmill.operators.pose3d.keypoints_backend import KeypointsConfig
+    from labelmill.operators.pose3d.tracking import TrackingConfig
 
     return dataclasses.make_dataclass(
         "KeypointsCommandConfig",
@@ -146,10 +146,10 @@ def run_keypoints(
     import numpy as np
 
     from labelmill.infra import storage
-    from labelmill.operators.decode import DecodeError, DecodeVideo, probe_video
-    from labelmill.operators.keypoints_backend import DetectKeypoints, decode_jpeg_rgb
-    from labelmill.operators.overlay import overlay_frames, write_overlay
-    from labelmill.operators.tracking import track_person_of_interest
+    from labelmill.operators.common.decode import DecodeError, DecodeVideo, probe_video
+    from labelmill.operators.pose3d.keypoints_backend import DetectKeypoints, decode_jpeg_rgb
+    from labelmill.operators.pose3d.overlay import overlay_frames, write_overlay
+    from labelmill.operators.pose3d.tracking import track_person_of_interest
     from labelmill.pipelines.cli import UsageError
 
     try:
@@ -232,8 +232,8 @@ def _precomputed_rows(keypoints_config: Any, key: str, video: str, frame_indices
     """Precomputed keypoints of the video at the decoded frames' source indices."""
     import numpy as np
 
-    from labelmill.operators.keypoints_backend import build_keypoints_operator
-    from labelmill.operators.keypoints_format import VideoKeypoints
+    from labelmill.operators.pose3d.keypoints_backend import build_keypoints_operator
+    from labelmill.operators.pose3d.keypoints_format import VideoKeypoints
 
     reader = build_keypoints_operator(keypoints_config)
     reader.setup()

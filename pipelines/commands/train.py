@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train_initializer(args: argparse.Namespace) -> int:
     from labelmill.models.body_model import BodyModel
     from labelmill.models.initializer_training import InitializerTrainingConfig, describe, train_initializer
-    from labelmill.operators.keypoint_init import synthetic_training_sources
+    from labelmill.operators.pose3d.keypoint_init import synthetic_training_sources
     from labelmill.pipelines.cli import UsageError
 
     try:

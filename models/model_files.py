@@ -1,0 +1,40 @@
+"""Reading and writing model files (weights, priors, body models) on any fsspec URL.
+
+The one place under ``models/`` that touches storage: models take bytes, and these helpers fetch
+them for the loaders that are given a path. Writes are whole-file: a temporary name, then a rename.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import fsspec
+
+__all__ = ["read_model_bytes", "write_model_bytes"]
+
+
+def read_model_bytes(path: str, *, what: str) -> bytes:
+    """The bytes of the model file ``path``; ``what`` names it in errors ("pose prior file")."""
+    try:
+        with fsspec.open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise FileNotFoundError(f"{what} {path} is a directory, not a file") from None
+
+
+def write_model_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole: a reader never sees a partial file."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    parent = fs._parent(fs_path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{fs_path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        fs.mv(tmp, fs_path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)

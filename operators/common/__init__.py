@@ -1,0 +1,1 @@
+"""Operators every pipeline shares: video decoding, JPEG encoding, mesh rendering."""

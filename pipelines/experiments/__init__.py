@@ -1,0 +1,1 @@
+"""Experiments and benchmarks, apart from the production path: the ablation, the fit and pipeline benches, baselines."""
