@@ -71,6 +71,8 @@ __all__ = [
     "list_versions",
     "resolve_version",
     "shard_urls",
+    "read_manifest",
+    "MANIFEST_FILE",
     "read_index",
     "read_inputs",
     "read_stats",
@@ -84,6 +86,8 @@ INDEX_FILE = "index.parquet"
 INPUTS_FILE = "inputs.parquet"
 STATS_FILE = "stats.json"
 CONFIG_FILE = "config.yaml"
+# A version whose shards live in the store shared by versions (OUT/objects/shards) lists them here.
+MANIFEST_FILE = "shards.json"
 
 _VERSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
@@ -166,8 +170,30 @@ def resolve_version(url: str) -> VersionRef:
     raise FileNotFoundError(f"{url} is neither an output root with {LATEST} nor a dataset version directory")
 
 
+def read_manifest(version: str) -> list[dict[str, Any]] | None:
+    """The shared shards a version lists (``shards.json``), or None for a version with its own shards/."""
+    url = storage.safe_join(version, MANIFEST_FILE)
+    if not storage.exists(url):
+        return None
+    return list(json.loads(storage.read_text(url))["shards"])
+
+
+def _out_root(version: str) -> str:
+    return version.rstrip("/").rsplit("/", 2)[0]
+
+
 def shard_urls(version: str) -> list[str]:
-    """Sorted URLs of the ``.tar`` shards of a version directory."""
+    """URLs of the ``.tar`` shards of a version (a version directory or an output root with LATEST).
+
+    A version with a manifest names shards in ``OUT/objects/shards`` (in key order); otherwise
+    its own ``shards/*.tar`` (sorted).
+    """
+    if read_latest(version) is not None:
+        version = resolve_version(version).url
+    manifest = read_manifest(version)
+    if manifest is not None:
+        root = _out_root(version)
+        return [storage.safe_join(root, entry["path"]) for entry in manifest]
     return storage.list_files(storage.safe_join(version, SHARDS_DIR), "*.tar")
 
 
@@ -309,6 +335,7 @@ class DatasetVersionWriter:
         self._input_rows: dict[str, dict[str, Any]] = {}
         self._explicit_shards: dict[int, str] = {}
         self._shard_bytes: dict[str, int] = {}
+        self._shared: list[dict[str, Any]] = []
         self._prepared = False
         self._committed = False
         self._closed = False
@@ -458,6 +485,25 @@ class DatasetVersionWriter:
         for entry in plan_shards(sizes, self.shard_config, first_index=first):
             self._write_shard_file(entry.name, [self._spool.load(k) for k in keys[entry.start : entry.stop]])
 
+    def add_shared_shard(self, name: str, path: str, sidecar: Mapping[str, Any], index_rows: Iterable[Mapping[str, Any]]) -> None:
+        """List a shard of the shared store (``path`` relative to the output root) with its samples' index rows."""
+        self._check_open()
+        if name in self._shard_bytes:
+            raise ValueError(f"shard {name} was already added")
+        wanted = {"key", "member_key", "num_bytes", *self._sample_columns}
+        for row in index_rows:
+            row = dict(row)
+            if set(row) != wanted:
+                raise ValueError(f"shard {name}: index row {row.get('key')!r} has columns {sorted(row)}, "
+                                 f"schema {self.schema.id} needs {sorted(wanted)}")
+            if row["key"] in self._keys:
+                raise ValueError(f"duplicate sample key {row['key']!r}")
+            self._keys.add(row["key"])
+            self._index_rows.append({**row, "shard": name})
+        self._shard_bytes[name] = int(sidecar["bytes"])
+        self._shared.append({"name": name, "path": path, "bytes": int(sidecar["bytes"]),
+                             "sha256": sidecar["sha256"], "samples": int(sidecar["samples"])})
+
     # -- inputs ------------------------------------------------------------------------------
     def record_inputs(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Record inputs.parquet rows (one per input item; see the schema's ``inputs_columns``)."""
@@ -554,6 +600,8 @@ class DatasetVersionWriter:
         document = _json_plain(self._stats(stats, shard_bytes))
         storage.write_text(self._path(STATS_FILE), json.dumps(document, sort_keys=True, indent=2, allow_nan=False) + "\n")
         storage.write_text(self._path(CONFIG_FILE), self._config_yaml)
+        if self._shared:
+            storage.write_text(self._path(MANIFEST_FILE), json.dumps({"shards": self._shared}, indent=1) + "\n")
         storage.write_text(self._path(SUCCESS), "")
         if self.set_latest:
             storage.write_text(storage.safe_join(self.out_url, LATEST), self.version_id + "\n")

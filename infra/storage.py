@@ -141,3 +141,15 @@ def remove(url: str, recursive: bool = False) -> None:
     fs, path = filesystem(url)
     if fs.exists(path):
         fs.rm(path, recursive=recursive)
+
+
+def file_digest(url: str, *, block: int = 1 << 20) -> str:
+    """Hex sha256 of the bytes at ``url`` (read in blocks): what a model file's fingerprint is made of."""
+    import hashlib
+
+    fs, path = filesystem(url)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

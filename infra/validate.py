@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import logging
 import posixpath
@@ -35,13 +36,16 @@ from labelmill.infra.dataset_version import (
     INDEX_FILE,
     INPUTS_FILE,
     LATEST,
+    MANIFEST_FILE,
     SHARDS_DIR,
     STATS_FILE,
     SUCCESS,
     read_index,
     read_inputs,
+    read_manifest,
     read_stats,
     resolve_version,
+    shard_urls,
 )
 from labelmill.infra.schema import INPUT_STATUSES, DatasetSchema, SchemaError, check_field, check_table, load_schema
 from labelmill.infra.formats.shards import members_tar_size, member_key, sample_key_from_member, split_member_name
@@ -177,6 +181,9 @@ class _Validator:
         root = storage.safe_join(version, SHARDS_DIR)
         samples: list[_ShardSample] = []
         total = count = 0
+        manifest = read_manifest(version)
+        if manifest is not None:
+            return self._shared_shards(version, manifest, schema)
         if not storage.exists(root):
             self.add(SHARDS_DIR, "missing")
             return samples, total, count
@@ -194,6 +201,29 @@ class _Validator:
             except (tarfile.TarError, OSError, EOFError) as exc:
                 self.add(where, "unreadable tar", "a tar archive", exc)
         return samples, total, count
+
+    def _shared_shards(self, version: str, manifest: list[dict], schema: DatasetSchema) -> tuple[list[_ShardSample], int, int]:
+        """Shards of the shared store listed by the version's manifest: present, sized and summed as listed."""
+        samples: list[_ShardSample] = []
+        total = 0
+        for entry, url in zip(manifest, shard_urls(version)):
+            name = entry["name"]
+            where = f"{MANIFEST_FILE}: {entry['path']}"
+            if not storage.exists(url):
+                self.add(where, "missing shard object", "a shard in OUT/objects/shards", None)
+                continue
+            data = storage.read_bytes(url)
+            total += len(data)
+            if len(data) != int(entry["bytes"]):
+                self.add(where, "size differs from the manifest", entry["bytes"], len(data))
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                self.add(where, "sha256 differs from the manifest (corrupted shard)", entry["sha256"],
+                         hashlib.sha256(data).hexdigest())
+            try:
+                samples.extend(self._shard(url, name, schema))
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                self.add(where, "unreadable tar", "a tar archive", exc)
+        return samples, total, len(manifest)
 
     def _members(self, url: str) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
         fs, path = storage.filesystem(url)

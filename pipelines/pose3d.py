@@ -16,26 +16,30 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from labelmill.infra import storage
 from labelmill.infra.config import dump_yaml
 from labelmill.infra.corpus import read_corpus
-from labelmill.infra.dataset_version import DatasetVersionWriter, read_stats
+from labelmill.infra.dataset_version import DatasetVersionWriter, make_version_id, read_stats
 from labelmill.infra.engines import get_engine
+from labelmill.infra.formats.items import STATUS_FAILED
+from labelmill.infra.packing import SHARD_OBJECTS, Fragment, PackShards, ShardSpec, plan_shards, stored_shards
+from labelmill.infra.results import RESULTS_DIR
+from labelmill.infra.persisted_stage import KEYS_COLUMN, WORK_COLUMN, persist_pipeline
 from labelmill.infra.pipeline import Pipeline, Stage, batch_to_rows
 from labelmill.operators.pose3d.bundle_adjust import BundleAdjust
 from labelmill.operators.common.decode import DecodeVideo
 from labelmill.operators.pose3d.keypoint_init import KeypointInit
 from labelmill.operators.pose3d.keypoints_backend import build_keypoints_operator
-from labelmill.operators.pose3d.samples import video_samples
-from labelmill.infra.formats.shards import encode_npz, member_key
+from labelmill.operators.pose3d.loss_filter import LossFilter
+from labelmill.operators.pose3d.samples import BuildSamples, failed_input_row
 from labelmill.operators.pose3d.tracking import TrackPersonOfInterest
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,11 @@ def _keypoints_config(cfg: Any, input_url: str) -> Any:
 
 
 def build_pose3d_pipeline(cfg: Any, input_url: str) -> Pipeline:
-    """The pose3d stages for a resolved :class:`~labelmill.pipelines.config.Pose3dConfig`."""
+    """The pose3d stages for a resolved :class:`~labelmill.pipelines.config.Pose3dConfig`.
+
+    decode -> keypoints -> track -> init -> fit -> filter -> samples. The loss filter is its own
+    stage (a new threshold never refits) and the samples stage writes each video's tar fragment.
+    """
     return Pipeline(
         name="pose3d",
         stages=[
@@ -72,7 +80,9 @@ def build_pose3d_pipeline(cfg: Any, input_url: str) -> Pipeline:
             Stage.of("keypoints", build_keypoints_operator(_keypoints_config(cfg, input_url))),
             Stage.of("track", TrackPersonOfInterest(tracking=cfg.tracking)),
             Stage.of("init", KeypointInit.from_config(cfg.keypoint_init)),
-            Stage.of("fit", BundleAdjust(body_model=cfg.body_model, prior=cfg.prior, fit=cfg.fit, filter=cfg.filter)),
+            Stage.of("fit", BundleAdjust(body_model=cfg.body_model, prior=cfg.prior, fit=cfg.fit, filter=False)),
+            Stage.of("filter", LossFilter(filter=cfg.filter)),
+            Stage.of("samples", BuildSamples(samples=cfg.samples)),
         ],
     )
 
@@ -99,44 +109,114 @@ def fingerprints(cfg: Any) -> dict[str, str]:
     return out
 
 
-FITS_DIR = "fits"
+# {input key: {"fit": path, "filter": path}} (relative to OUT): every fitted frame, kept or not.
+FITS_FILE = "fits.json"
+# What travels inline from the last stage to the driver; the fragment is stored as a file.
+_SUMMARY = {"samples": ("input_row", "index_rows")}
+_FILES = {"samples": {"fragment_tar": "tar"}}
 
 
-def _fit_arrays(row: dict[str, Any]) -> bytes:
-    """Every fitted frame of one input, kept or not (``fits/<input>.npz``; float32, no pickle)."""
-    return encode_npz({
-        "joints3d": np.asarray(row["joints3d"]),  # (F, 24, 3) metres
-        "keypoints3d": np.asarray(row["keypoints3d"]),  # (F, 17, 3)
-        "keypoints3d_init": np.asarray(row["keypoints3d_init"]),  # (F, 17, 3)
-        "frame_loss": np.asarray(row["frame_loss"]),  # (F,), NaN where not measurable
-        "keep_frame": np.asarray(row["keep_frame"], dtype=np.float32),  # (F,) 1 kept, 0 dropped
-    })
+def _fits_index(rows: list[dict[str, Any]]) -> bytes:
+    """``fits.json``: where each fitted input's fit and filter results are stored."""
+    index = {}
+    for row in rows:
+        keys = row.get(KEYS_COLUMN) or {}
+        work = row.get(WORK_COLUMN) or {}
+        if row.get("status") != STATUS_FAILED and "filter" in work:
+            index[row["key"]] = {stage: f"{RESULTS_DIR}/{stage}/{keys[stage][:2]}/{keys[stage]}.npz"
+                                 for stage in ("fit", "filter")}
+    return (json.dumps(index, sort_keys=True, indent=1) + "\n").encode()
 
 
-def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | None = None) -> Pose3dRun:
-    """Run pose3d on ``input_url`` (a corpus: Kinetics CSV/dir, directory, file, manifest) into ``output_url``."""
+def _work_counts(rows: list[dict[str, Any]], stage_names: list[str]) -> dict[str, dict[str, int]]:
+    """Per stage: items computed and reused in this run."""
+    counts = {name: {"computed": 0, "reused": 0} for name in stage_names}
+    for row in rows:
+        for name, what in (row.get(WORK_COLUMN) or {}).items():
+            if name in counts:
+                counts[name][what] += 1
+    return counts
+
+
+def _input_row(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("status") == STATUS_FAILED or row.get("input_row") is None:
+        label = row.get("label")
+        return failed_input_row(str(row["key"]), str(row.get("reason") or "failed"),
+                                frames_in=int(row.get("num_frames") or 0), label=None if label is None else str(label))
+    return dict(row["input_row"])
+
+
+def _pack(engine: Any, out_url: str, shards: list[ShardSpec], present: set[str]) -> tuple[dict[str, dict[str, Any]], float]:
+    """Pack the shards not in the store yet, as engine tasks; (sidecars of those packed, seconds)."""
+    missing = [s for s in shards if s.name not in present]
+    sidecars, seconds = {}, 0.0
+    if missing:
+        items = [{"key": s.name, "fragments": [[f.url, f.member_bytes, f.samples] for f in s.fragments]} for s in missing]
+        pack = Pipeline(name="pack", stages=[Stage.of("pack", PackShards(out_url=out_url))])
+        for batch in engine.run(pack, items):
+            for row in batch_to_rows(batch):
+                if row.get("status") == STATUS_FAILED:
+                    raise RuntimeError(f"pose3d: {row.get('reason')}")
+                sidecars[row["key"]] = json.loads(row["sidecar"])
+        seconds = engine.stats.as_dict()["stages"][0]["seconds"] if engine.stats is not None else 0.0
+    return sidecars, seconds
+
+
+def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | None = None,
+               full: bool = False) -> Pose3dRun:
+    """Run pose3d on ``input_url`` (a corpus: Kinetics CSV/dir, directory, file, manifest) into ``output_url``.
+
+    Every stage result is stored under ``OUT/results`` by the worker that computes it and reused
+    by later runs (resume after a crash, incremental regeneration); ``full`` recomputes all.
+    Shards are packed by engine tasks into ``OUT/objects/shards``, shared by versions.
+    """
     t0 = time.perf_counter()
     if engine_name is not None:
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, name=engine_name))
     engine_cfg = cfg.engine
-    pipeline = build_pose3d_pipeline(cfg, input_url)
     items = read_corpus(input_url).to_pylist()
     log.info("pose3d: %d inputs from %s, engine %s", len(items), input_url, engine_cfg.name)
+    base = build_pose3d_pipeline(cfg, input_url)
+    stage_names = [s.name for s in base.stages]
+    pipeline = persist_pipeline(base, out_url=output_url, input_columns=list(items[0]) if items else [],
+                                recompute=full, inline=_SUMMARY, files=_FILES)
     engine = get_engine(engine_cfg.name, engine_cfg)
 
     config_text = dump_yaml(cfg) + "\n# fingerprints\n" + "".join(
         f"# {k}: {v}\n" for k, v in sorted(fingerprints(cfg).items()))
-    writer = DatasetVersionWriter(output_url, shard_config=cfg.shards, config_yaml=config_text)
+    rows: list[dict[str, Any]] = []
+    for batch in engine.run(pipeline, items):
+        rows.extend(batch_to_rows(batch))
+    rows.sort(key=lambda r: r["key"])
+    run_stats = engine.stats.as_dict() if engine.stats is not None else {}
+    fragments, index_rows = [], {}
+    for row in rows:
+        if row.get("status") != STATUS_FAILED and row.get("num_samples"):
+            key = row[KEYS_COLUMN]["samples"]
+            fragments.append(Fragment(input_key=row["key"], key=key, url=row["fragment_tar_url"],
+                                      member_bytes=int(row["fragment_member_bytes"]), samples=int(row["num_samples"])))
+            index_rows[row["key"]] = row["index_rows"]
+    shards = plan_shards(fragments, cfg.shards)
+    present = set(stored_shards(output_url))
+    packed, pack_seconds = _pack(engine, output_url, shards, present)
+    stored = stored_shards(output_url) if len(packed) < len(shards) else {}
+    work = _work_counts(rows, stage_names)
+    work["pack"] = {"computed": len(packed), "reused": len(shards) - len(packed)}
+    stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"], **work.get(s["name"], {})}
+              for s in run_stats.get("stages", [])}
+    stages["pack"] = {"items": len(packed), "seconds": pack_seconds, **work["pack"]}
+    version_id = make_version_id(config_text)
+    if storage.exists(storage.join(output_url, "versions", version_id, "_SUCCESS")):
+        version_id = f"{version_id}-{uuid.uuid4().hex[:6]}"  # a second run within the same second
+    writer = DatasetVersionWriter(output_url, shard_config=cfg.shards, config_yaml=config_text, version_id=version_id)
     with writer:
-        for batch in engine.run(pipeline, items):
-            for row in batch_to_rows(batch):
-                result = video_samples(row, config=cfg.samples)
-                writer.add_samples(result.samples)
-                writer.record_inputs([result.input_row])
-                if cfg.write_fits and row.get("status") != "failed" and row.get("joints3d") is not None:
-                    writer.write_file(f"{FITS_DIR}/{member_key(str(row['key']))}.npz", _fit_arrays(row))
-        run_stats = engine.stats.as_dict() if engine.stats is not None else {}
-        stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"]} for s in run_stats.get("stages", [])}
+        for spec in shards:
+            sidecar = packed.get(spec.name) or stored[spec.name]
+            shard_rows = [r for f in spec.fragments for r in index_rows[f.input_key]]
+            writer.add_shared_shard(spec.name, f"{SHARD_OBJECTS}/{spec.name}.tar", sidecar, shard_rows)
+        writer.record_inputs([_input_row(row) for row in rows])
+        if cfg.write_fits:
+            writer.write_file(FITS_FILE, _fits_index(rows))
         version_id = writer.commit(
             stats={"stages": stages, "engine": engine_cfg.name, "wall_seconds": round(time.perf_counter() - t0, 3)})
     version_url = storage.join(output_url, "versions", version_id)

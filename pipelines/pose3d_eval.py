@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from labelmill.infra import storage
+from labelmill.infra.results import ResultStore
 from labelmill.infra.dataset_version import resolve_version, shard_urls
 from labelmill.models.metrics import mpjpe, pa_mpjpe
 from labelmill.infra.formats.shards import decode_npz, sample_key_from_member, split_member_name
@@ -55,6 +56,15 @@ def _read_samples(version_url: str) -> dict[str, dict[int, dict[str, np.ndarray]
 def _read_fits(version_url: str) -> dict[str, dict[str, np.ndarray]]:
     """``{input key: arrays}`` from ``fits/*.npz`` (empty when the version has none)."""
     out = {}
+    index_url = storage.join(version_url, "fits.json")
+    if storage.exists(index_url):
+        store = ResultStore(version_url.rstrip("/").rsplit("/", 2)[0])
+        for key, where in json.loads(storage.read_text(index_url)).items():
+            arrays = store.read_path(where["fit"], ("joints3d", "keypoints3d", "keypoints3d_init"))
+            arrays.update(store.read_path(where["filter"], ("frame_loss", "keep_frame")))
+            arrays["keep_frame"] = np.asarray(arrays["keep_frame"], np.float32)
+            out[key] = arrays
+        return out
     for url in storage.list_files(storage.join(version_url, "fits"), "*.npz"):
         out[sample_key_from_member(url.rsplit("/", 1)[1][: -len(".npz")])] = decode_npz(storage.read_bytes(url))
     return out

@@ -426,6 +426,7 @@ class DecodeVideo:
     column is passed through. Added columns, one entry per item:
 
     * ``frames_jpeg``: list of JPEG bytes (RGB frames, after resampling and resizing)
+    * ``num_frames``: int32 number of frames (0 when failed)
     * ``frame_times``: list of float seconds from the video's start, one per frame
     * ``frame_width``, ``frame_height``: int32 size of the stored frames (0 when failed)
     * ``original_width``, ``original_height``: int32 decoded size before resizing (0 when failed)
@@ -438,6 +439,9 @@ class DecodeVideo:
     """
 
     resources: ClassVar[dict[str, int]] = {"num_cpus": 1, "num_gpus": 0, "batch_size": 4}
+    reads = ("key", "uri", "start", "end")
+    writes = ("frames_jpeg", "num_frames", "frame_times", "frame_width", "frame_height", "original_width",
+              "original_height", "scale_x", "scale_y")
 
     def __init__(self, *, fps: float | None = None, max_side: int | None = None, jpeg_quality: int = 90) -> None:
         self.config = DecodeConfig(fps=fps, max_side=max_side, jpeg_quality=jpeg_quality)
@@ -469,6 +473,7 @@ class DecodeVideo:
             _append_result(out_columns, result)
         out = dict(batch)
         out["frames_jpeg"] = out_columns["frames_jpeg"]
+        out["num_frames"] = np.asarray([len(f) for f in out_columns["frames_jpeg"]], dtype=np.int32)
         out["frame_times"] = out_columns["frame_times"]
         for name in ("frame_width", "frame_height", "original_width", "original_height"):
             out[name] = np.asarray(out_columns[name], dtype=np.int32)

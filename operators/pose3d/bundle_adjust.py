@@ -52,7 +52,17 @@ _OUTPUT_KEYS = (
     "frame_loss", "keep_frame", "frame_reason", "video_loss", "keep_video", "video_reason", "fit_energy",
     "fit_iterations",
 )
+_FILTER_KEYS = ("frame_loss", "keep_frame", "frame_reason", "video_loss", "keep_video", "video_reason")
 _INPUT_KEYS = ("key", "keypoints", "person_mask", "init_betas", "init_global_orient", "init_body_pose", "init_camera")
+
+
+def _package_file_digest(name: str) -> str:
+    import importlib.resources
+
+    from labelmill.infra.storage import file_digest
+
+    resource = importlib.resources.files("labelmill.models.data") / name
+    return file_digest(str(resource)) if resource.is_file() else "missing"
 
 
 @contextlib.contextmanager
@@ -91,22 +101,40 @@ class BundleAdjust:
 
     resources = {"num_cpus": 1.0, "num_gpus": 0.0, "batch_size": 16}  # flat memory; see docs/benchmarks.md
 
+    reads = _INPUT_KEYS
+    writes = (*_OUTPUT_KEYS, "body_height")
+
     def __init__(
         self,
         *,
         body_model: BodyModelConfig | None = None,
         prior: PriorConfig | None = None,
         fit: FitConfig | None = None,
-        filter: FilterConfig | None = None,
+        filter: FilterConfig | None | bool = None,
     ) -> None:
+        """``filter=False``: fit only; the loss filter is then its own stage (:class:`LossFilter`),
+        and the output carries ``body_height`` instead of the loss and keep columns."""
         self.body_model_config = body_model or BodyModelConfig()
         self.prior_config = prior or PriorConfig()
         self.fit_config = fit or FitConfig()
-        self.filter_config = filter or FilterConfig()
+        self.filter_config = None if filter is False else (filter or FilterConfig())
         self._energy: Pose3dEnergy | None = None
         self._body_height_cache: dict[bytes, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """Configuration and model-file contents: what a stored fit depends on besides the code."""
+        from labelmill.infra.storage import file_digest
+        from labelmill.models.pose_prior import DEFAULT_PRIOR_FILE
+
+        body, prior = self.body_model_config.path, self.prior_config.path
+        return {
+            "body_model": self.body_model_config, "prior": self.prior_config, "fit": self.fit_config,
+            "filter": self.filter_config,
+            "body_model_file": file_digest(body) if body else "embedded",
+            "prior_file": file_digest(prior) if prior else "embedded:" + _package_file_digest(DEFAULT_PRIOR_FILE),
+        }
+
     def setup(self) -> None:
         """Load the body model and prior once per worker."""
         if self._energy is not None:
@@ -159,7 +187,9 @@ class BundleAdjust:
 
         out: dict[str, list] = {k: list(batch[k]) for k in batch}
         items.write(out)
-        for name in _OUTPUT_KEYS:
+        names = _OUTPUT_KEYS if self.filter_config is not None else (
+            *(k for k in _OUTPUT_KEYS if k not in _FILTER_KEYS), "body_height")
+        for name in names:
             out[name] = [None] * len(keys)
         cursor = 0
         for i, video in videos.items():
@@ -257,7 +287,7 @@ class BundleAdjust:
         num_frames = video["init_camera"].shape[0]
         if num_frames == 0:
             empty3 = np.zeros((0, 3), np.float32)
-            return dict((
+            empty = dict((
                 ("betas", np.zeros(10, np.float32)), ("global_orient", empty3), ("body_pose", np.zeros((0, 69), np.float32)),
                 ("camera", empty3), ("joints3d", np.zeros((0, 24, 3), np.float32)),
                 ("keypoints3d", np.zeros((0, 17, 3), np.float32)), ("projected2d", np.zeros((0, 17, 2), np.float32)),
@@ -265,6 +295,10 @@ class BundleAdjust:
                 ("keep_frame", np.zeros(0, bool)), ("frame_reason", []), ("video_loss", float("nan")),
                 ("keep_video", False), ("video_reason", "no_frames"), ("fit_energy", float("nan")), ("fit_iterations", 0),
             ))
+            if self.filter_config is None:
+                empty = {k: v for k, v in empty.items() if k not in _FILTER_KEYS}
+                empty["body_height"] = float("nan")
+            return empty
         betas = stitch_shared(wins, [p["betas"] for p in parts]).astype(np.float32)
         go = stitch_frames(wins, [p["global_orient"] for p in parts], num_frames)
         bp = stitch_frames(wins, [p["body_pose"] for p in parts], num_frames)
@@ -280,6 +314,16 @@ class BundleAdjust:
             joints = body.joints.cpu().numpy()
             kp3d = body.keypoints3d.cpu().numpy()
         projected = project(kp3d, cam.astype(np.float32))
+        fitted = dict((
+            ("betas", betas), ("global_orient", go.astype(np.float32)), ("body_pose", bp.astype(np.float32)),
+            ("camera", cam.astype(np.float32)), ("joints3d", joints.astype(np.float32)),
+            ("keypoints3d", kp3d.astype(np.float32)), ("projected2d", projected.astype(np.float32)),
+            ("keypoints3d_init", kp_init.astype(np.float32)),
+            ("fit_energy", float(np.mean([p["energy"] for p in parts]))),
+            ("fit_iterations", int(max(p["iterations"] for p in parts))),
+        ))
+        if self.filter_config is None:
+            return {**fitted, "body_height": self._body_height(betas)}
         losses = frame_losses(
             projected, np.nan_to_num(video["keypoints"]), video["person_mask"], cam, self._body_height(betas),
             min_confidence=self.filter_config.min_confidence, min_keypoints=self.filter_config.min_keypoints,

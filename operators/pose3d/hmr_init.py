@@ -99,6 +99,10 @@ class _Crop:
 class HMRInit:
     """Per-frame SMPL estimates from an HMR network (SPIN layout) for each video's main person."""
 
+    # Columns read and added (the persisted pipeline loads exactly these from stored results).
+    reads = ("key", "frames_jpeg", "main_boxes", "scale_x", "scale_y")
+    writes = tuple(_OUTPUT_SHAPES)
+
     def __init__(
         self,
         *,

@@ -95,6 +95,10 @@ class KeypointInit:
 
     resources: ClassVar[dict[str, float]] = {"num_cpus": 1, "num_gpus": 0, "batch_size": 16}
 
+    # Columns read and added (the persisted pipeline loads exactly these from stored results).
+    reads = ("key", "main_keypoints")
+    writes = _OUTPUT_COLUMNS
+
     def __init__(
         self,
         *,
@@ -118,6 +122,21 @@ class KeypointInit:
         state = dict(self.__dict__)
         state["_model"] = None  # loaded again by setup() on the worker
         return state
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Configuration and the weights' contents (the embedded file's when none is given)."""
+        import importlib.resources
+
+        from labelmill.infra.storage import file_digest
+        from labelmill.models.keypoint_initializer import DEFAULT_WEIGHTS_FILE
+
+        cfg = self.config
+        if cfg.weights is not None:
+            weights = file_digest(cfg.weights)
+        else:
+            resource = importlib.resources.files("labelmill.models.data") / DEFAULT_WEIGHTS_FILE
+            weights = "embedded:" + (file_digest(str(resource)) if resource.is_file() else "trained-on-demand")
+        return {"config": {**dataclasses.asdict(cfg), "device": None, "batch_size": None}, "weights": weights}
 
     def setup(self) -> None:
         """Load the initialiser once per worker (training the embedded default if it is missing)."""

@@ -386,6 +386,10 @@ class DetectKeypoints:
     A failing item never stops the batch. Logs frames/s per batch.
     """
 
+    # Columns read and added (the persisted pipeline loads exactly these from stored results).
+    reads = ("key", "frames_jpeg", "frame_times", "frame_width", "frame_height", "scale_x", "scale_y")
+    writes = ("keypoints", "person_mask", "boxes", "scores", "keypoint_fps", "keypoint_width", "keypoint_height", "keypoints_uri")
+
     def __init__(self, *, config: KeypointsConfig | None = None, detector: KeypointDetector | None = None) -> None:
         self.config = config or KeypointsConfig()
         if self.config.backend == "precomputed" and detector is None:
@@ -396,6 +400,13 @@ class DetectKeypoints:
         self._ready = False
         gpu = self.config.backend == "onnx" and self.config.onnx_provider == "cuda"
         self.resources = {"num_cpus": 1, "num_gpus": 1 if gpu else 0, "batch_size": 2}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The backend's configuration and, for ONNX, the model file's contents."""
+        from labelmill.infra.storage import file_digest
+
+        onnx = getattr(self.config, "onnx_path", None)
+        return {"config": self.config, "onnx_model": file_digest(onnx) if onnx else None}
 
     def setup(self) -> None:
         """Build and load the detector (once per worker)."""

@@ -511,6 +511,10 @@ class PrecomputedKeypoints:
 
     resources: ClassVar[dict[str, int]] = {"num_cpus": 1, "num_gpus": 0, "batch_size": 16}
 
+    # Columns read and added (the persisted pipeline loads exactly these from stored results).
+    reads = ("key", "uri", "keypoints_uri")
+    writes = ("keypoints", "person_mask", "boxes", "scores", "keypoint_fps", "keypoint_width", "keypoint_height", "keypoints_uri")
+
     def __init__(self, *, root: str, format: KeypointFileFormat = "auto") -> None:
         if not isinstance(root, str) or not root:
             raise ValueError(f"root must be a non-empty fsspec URL or path, got {root!r}")
@@ -581,10 +585,14 @@ class PrecomputedKeypoints:
 
     # ------------------------------------------------------------------ lookup
 
-    def _read_item(self, key: Any, uri: Any, explicit: Any) -> tuple[str, VideoKeypoints]:
-        """(the file or directory read, its keypoints); raises KeypointsFormatError / FileNotFoundError."""
+    def _locate(self, key: Any, uri: Any, explicit: Any) -> tuple[str, Any, list[str]]:
+        """(what is read, a reader returning its VideoKeypoints, the storage paths it reads)."""
         if isinstance(explicit, str) and explicit:
-            return explicit, read_keypoints(explicit, format=self.format)
+            fs, path = url_to_fs(explicit)
+            paths = sorted(fs.find(path)) if fs.isdir(path) else [path]
+            return explicit, lambda: read_keypoints(explicit, format=self.format), paths
+        if self._fs is None:
+            self.setup()
         fs, root = self._fs, self._root_path
         names = _candidate_names(key, uri)
         if not names:
@@ -596,13 +604,13 @@ class PrecomputedKeypoints:
                 tried.append(_display(fs, path, self.root))
                 if fs.isfile(path):
                     shown = _display(fs, path, self.root)
-                    return shown, read_keypoints(shown, format=self.format)
+                    return shown, lambda shown=shown: read_keypoints(shown, format=self.format), [path]
             if self.format in ("auto", "openpose"):
                 folder = posixpath.join(root, name)
                 tried.append(_display(fs, folder, self.root) + "/")
                 if fs.isdir(folder):
                     shown = _display(fs, folder, self.root)
-                    return shown, read_openpose(shown)
+                    return shown, lambda shown=shown: read_openpose(shown), sorted(fs.find(folder))
                 parent, stem = posixpath.split(folder)
                 flat = sorted(
                     p for p in fs.glob(posixpath.join(parent, f"{stem}_" + "[0-9]" * 12 + _OPENPOSE_SUFFIX))
@@ -610,5 +618,30 @@ class PrecomputedKeypoints:
                 tried.append(_display(fs, posixpath.join(parent, f"{stem}_<frame>{_OPENPOSE_SUFFIX}"), self.root))
                 if flat:
                     shown = [_display(fs, p, self.root) for p in flat]
-                    return _display(fs, parent, self.root), read_openpose(shown, video=stem)
+                    return (_display(fs, parent, self.root), lambda shown=shown, stem=stem: read_openpose(shown, video=stem),
+                            flat)
         raise FileNotFoundError(f"no keypoint file found; tried {', '.join(tried)}")
+
+    def _read_item(self, key: Any, uri: Any, explicit: Any) -> tuple[str, VideoKeypoints]:
+        """(the file or directory read, its keypoints); raises KeypointsFormatError / FileNotFoundError."""
+        shown, read, _ = self._locate(key, uri, explicit)
+        return shown, read()
+
+    def item_fingerprint(self, item: dict[str, Any]) -> str:
+        """Which version of which keypoint file(s) the item reads (path, size, time or etag of each).
+
+        A stage result keyed with it is recomputed when a keypoint file is rewritten. An item whose
+        file cannot be found gets a fingerprint saying so (the stage then fails it with the reason).
+        """
+        try:
+            shown, _, paths = self._locate(item.get("key"), item.get("uri"), item.get("keypoints_uri"))
+        except (KeypointsFormatError, FileNotFoundError) as exc:
+            return f"missing: {exc}"
+        fs = url_to_fs(shown if isinstance(shown, str) else self.root)[0]
+        stats = []
+        for path in paths:
+            info = fs.info(path)
+            marker = next((info.get(m) for m in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated")
+                           if info.get(m) is not None), None)
+            stats.append([path, info.get("size"), str(marker)])
+        return json.dumps(stats, sort_keys=True)

@@ -39,13 +39,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from labelmill.infra.formats.items import STATUS_FAILED, STATUS_FILTERED, STATUS_WRITTEN
+from labelmill.infra.formats.items import STATUS_FAILED, STATUS_FILTERED, STATUS_WRITTEN, ItemStatus
 from labelmill.operators.pose3d.fit_quality import KEPT, frame_losses
-from labelmill.infra.formats.shards import Sample, encode_json, encode_npz
+from labelmill.infra.formats.shards import Sample, encode_json, encode_npz, sample_tar_size, tar_bytes
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BuildSamples",
     "Pose3dSampleConfig",
     "Pose3dSampleError",
     "VideoSamples",
@@ -339,3 +340,60 @@ def batch_samples(
         samples.extend(result.samples)
         input_rows.append(result.input_row)
     return samples, input_rows
+
+
+class BuildSamples:
+    """Operator: each fitted video's kept frames as one tar fragment in the final member layout.
+
+    Reads the columns of :func:`video_samples`; writes per pending item
+
+    * ``fragment_tar``: bytes of a tar holding the video's samples (members as they will appear in a
+      shard, sorted by key; None when no frame is kept) — the stage stores it as a file, and
+      packing copies its first ``fragment_member_bytes`` bytes into a shard without re-encoding;
+    * ``fragment_member_bytes`` (int), ``num_samples`` (int);
+    * ``input_row``: the video's inputs.parquet row; ``index_rows``: one index.parquet row per
+      sample, without ``shard`` (known once shards are packed).
+
+    A video whose columns disagree fails with the reason naming it; the batch goes on.
+    """
+
+    resources = {"num_cpus": 0.25, "num_gpus": 0.0, "batch_size": 8}
+    reads = ("key", "label", "frames_jpeg", "frame_times", "scale_x", "scale_y", "keypoints", "person_mask",
+             "main_keypoints", *_FIT_COLUMNS)
+    writes = ("fragment_tar", "fragment_member_bytes", "num_samples", "input_row", "index_rows")
+
+    def __init__(self, *, samples: Pose3dSampleConfig | None = None) -> None:
+        self.config = samples or Pose3dSampleConfig()
+
+    def setup(self) -> None:
+        """Nothing to load."""
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        result = video_samples(row, config=self.config)
+        ordered = sorted(result.samples, key=lambda s: s.key)
+        index_rows = [{**dict(s.index), "key": s.key, "member_key": s.member_key, "num_bytes": sample_tar_size(s)}
+                      for s in ordered]
+        return {
+            "fragment_tar": tar_bytes(ordered) if ordered else None,
+            "fragment_member_bytes": int(sum(r["num_bytes"] for r in index_rows)),
+            "num_samples": len(ordered),
+            "input_row": result.input_row,
+            "index_rows": index_rows,
+        }
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        rows = _rows(batch)
+        items = ItemStatus.of(batch, len(rows))
+        columns: dict[str, list] = {name: [None] * len(rows) for name in self.writes}
+        for i in items.pending():
+            try:
+                built = self._one(rows[i])
+            except Pose3dSampleError as exc:
+                log.warning("%s", exc)
+                items.fail(i, str(exc))
+                continue
+            for name in self.writes:
+                columns[name][i] = built[name]
+        out = dict(batch)
+        out.update(columns)
+        return items.write(out)

@@ -384,6 +384,10 @@ class TrackPersonOfInterest:
 
     resources: ClassVar[dict[str, int]] = {"num_cpus": 1, "num_gpus": 0, "batch_size": 16}
 
+    # Columns read and added (the persisted pipeline loads exactly these from stored results).
+    reads = ("key", "keypoints", "person_mask", "boxes", "scores")
+    writes = ("track_ids", "main_track", "main_person", "main_keypoints", "main_boxes")
+
     def __init__(self, *, tracking: TrackingConfig | None = None) -> None:
         self.config = tracking or TrackingConfig()
 

@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pose3d.add_argument("--output", required=True, help="dataset root (any fsspec URL); versions go under it")
     pose3d.add_argument("--engine", choices=("local", "ray", "beam"), default=None,
                         help="execution engine (default: engine.name from the config, local)")
+    pose3d.add_argument("--full", action="store_true",
+                        help="recompute every stage result instead of reusing those stored under OUTPUT/results "
+                             "(by default a run is incremental: only what changed is computed)")
     pose3d.add_argument("--beam-option", dest="beam_options", action="append", default=[], metavar="OPT",
                         help="a Beam pipeline option passed through, e.g. --beam-option=--runner=FlinkRunner (repeatable)")
     add_config_args(pose3d)
@@ -37,7 +40,8 @@ def _pose3d(args: argparse.Namespace) -> int:
     if args.beam_options:
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(
             cfg.engine, beam_options=[*cfg.engine.beam_options, *args.beam_options]))
-    run = run_pose3d(cfg, input_url=args.input, output_url=args.output.rstrip("/"), engine_name=args.engine)
+    run = run_pose3d(cfg, input_url=args.input, output_url=args.output.rstrip("/"), engine_name=args.engine,
+                     full=args.full)
     inputs, frames = run.stats["inputs"], run.stats["frames"]
     sys.stdout.write(
         f"labelmill run pose3d: dataset {run.version_url}\n"

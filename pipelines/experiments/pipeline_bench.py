@@ -112,7 +112,7 @@ def run_plain_loop(cfg: Any, *, input_url: str, output_url: str, batch_size: int
 
     Items are read as :func:`~labelmill.pipelines.pose3d.run_pose3d` reads them and cut into
     batches of ``batch_size`` (default: the last stage's batch size, engine overrides applied);
-    each batch goes decode -> keypoints -> track -> init -> fit by calling the operators directly,
+    each batch goes decode -> keypoints -> track -> init -> fit -> filter by calling the operators directly,
     then its samples go to the same :class:`DatasetVersionWriter`. No re-batching between stages,
     no wire format, no isolation of failing items. Returns a
     :class:`~labelmill.pipelines.pose3d.Pose3dRun`.
@@ -126,7 +126,8 @@ def run_plain_loop(cfg: Any, *, input_url: str, output_url: str, batch_size: int
     from labelmill.pipelines.pose3d import Pose3dRun, build_pose3d_pipeline, fingerprints
 
     t0 = time.perf_counter()
-    stages = cfg.engine.apply(build_pose3d_pipeline(cfg, input_url))
+    # the loop builds samples itself (video_samples below), in memory, as a single process would
+    stages = [s for s in cfg.engine.apply(build_pose3d_pipeline(cfg, input_url)) if s.name != "samples"]
     size = batch_size or stages[-1].batch_size
     items = read_corpus(input_url).to_pylist()
     log.info("plain loop: %d inputs from %s, batches of %d", len(items), input_url, size)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from labelmill.infra import dataset_version as dv
 from labelmill.infra import storage
 from labelmill.infra.config import load_config
 from labelmill.infra.dataset_version import read_inputs, read_latest
@@ -41,10 +42,14 @@ def ray_session():
 
 
 def _digest(version_url):
-    files = sorted(storage.list_files(storage.join(version_url, "shards"), "*.tar"))
-    files += sorted(storage.list_files(storage.join(version_url, "fits"), "*.npz"))
-    files += [storage.join(version_url, "index.parquet"), storage.join(version_url, "inputs.parquet")]
-    return {f.rsplit("/", 1)[1]: hashlib.sha256(storage.read_bytes(f)).hexdigest() for f in files}
+    """sha256 of every shard, of the fit results fits.json names, and of the parquet files."""
+    files = {url.rsplit("/", 1)[1]: url for url in dv.shard_urls(version_url)}
+    root = version_url.rsplit("/", 2)[0]
+    for where in json.loads(storage.read_text(storage.join(version_url, "fits.json"))).values():
+        files.update({path.rsplit("/", 1)[1]: storage.join(root, path) for path in where.values()})
+    files["index.parquet"] = storage.join(version_url, "index.parquet")
+    files["inputs.parquet"] = storage.join(version_url, "inputs.parquet")
+    return {name: hashlib.sha256(storage.read_bytes(url)).hexdigest() for name, url in files.items()}
 
 
 def test_three_engines_write_identical_valid_datasets(corpus, tmp_path, ray_session):
@@ -63,7 +68,7 @@ def test_three_engines_write_identical_valid_datasets(corpus, tmp_path, ray_sess
     assert inputs["in"] == 4 == inputs["written"] + inputs["filtered"] + inputs["failed"]
     assert inputs["failed"] == 1 and inputs["written"] >= 1
     assert stats["frames"]["kept"] == stats["samples"] > 0
-    assert set(stats["stages"]) == {"decode", "keypoints", "track", "init", "fit"}
+    assert set(stats["stages"]) == {"decode", "keypoints", "track", "init", "fit", "filter", "samples", "pack"}
     table = read_inputs(runs["local"].version_url).to_pylist()
     broken = [r for r in table if r["input_key"].startswith("brokenvideo")]
     assert broken and broken[0]["status"] == "failed" and "brokenvideo" in broken[0]["reason"]

@@ -15,7 +15,6 @@ clip cannot be fetched or MediaPipe is not installed. About 11 s on 2 cores.
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import os
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from labelmill.infra.dataset_version import shard_urls
 from labelmill.infra.config import from_dict
 from labelmill.infra.validate import validate_version
 from labelmill.operators.pose3d.keypoints_backend import DetectKeypoints, KeypointsConfig
@@ -60,7 +60,7 @@ def version(tmp_path_factory) -> dict:
     rows = pq.read_table(os.path.join(run.version_url, "inputs.parquet")).to_pylist()
     inputs = {row["input_key"]: row for row in rows}
     samples = []
-    shards = sorted(glob.glob(os.path.join(run.version_url, "shards", "*.tar")))
+    shards = shard_urls(run.version_url)
     for sample in wds.WebDataset(shards, shardshuffle=False):
         document = json.loads(sample["json"])
         with np.load(io.BytesIO(sample["smpl.npz"]), allow_pickle=False) as smpl:

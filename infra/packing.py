@@ -1,0 +1,158 @@
+"""Shards packed from per-input tar fragments, by engine tasks, into a store shared by versions.
+
+Plan (:func:`plan_shards`, on the driver, from small summaries only): fragments in sorted input
+key order are cut into shards of at most ``max_samples_per_shard`` samples and
+``max_bytes_per_shard`` bytes. Boundaries follow the content: once a shard is half full, it is
+closed after an input whose key hash falls below the shard's fill beyond one half (so boundaries
+are decided by the keys themselves, not by position). Adding or removing a few inputs therefore
+changes only the shards around them; the others keep their exact contents, and with them their
+object names, so a new version reuses them (deduplication across versions). Shards fill 50-100%
+of the limits. A fragment larger than a limit gets a shard of its own.
+
+A shard's name is ``H(ordered fragment keys)``: fragment keys are content keys, so equal names
+mean equal bytes, known before anything is read. Packing (:class:`PackShards`, an operator run
+by the engine, one item per missing shard) copies each fragment's tar members byte for byte
+(no re-encoding), appends the end-of-archive blocks, and writes ``OUT/objects/shards/<name>.tar``
+atomically, then its sidecar ``<name>.json`` (bytes, sha256, samples): a shard exists when its
+sidecar does. Bytes are identical on every engine and across reruns and resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Sequence
+
+from labelmill.infra import storage
+from labelmill.infra.formats.items import ItemStatus
+from labelmill.infra.formats.shards import ShardConfig, tar_size
+from labelmill.infra.results import digest
+
+__all__ = ["OBJECTS_DIR", "SHARD_OBJECTS", "Fragment", "ShardSpec", "plan_shards", "PackShards", "shard_object_url",
+           "stored_shards"]
+
+OBJECTS_DIR = "objects"
+SHARD_OBJECTS = f"{OBJECTS_DIR}/shards"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fragment:
+    """One input's samples as a stored tar fragment (what the driver knows of it)."""
+
+    input_key: str
+    key: str  # the samples stage's result key (a content key)
+    url: str  # the fragment's tar
+    member_bytes: int  # bytes of its members (the tar without its end-of-archive blocks)
+    samples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    name: str  # object name: H(fragment keys)
+    fragments: tuple[Fragment, ...]
+
+    @property
+    def samples(self) -> int:
+        return sum(f.samples for f in self.fragments)
+
+    @property
+    def num_bytes(self) -> int:
+        return tar_size(sum(f.member_bytes for f in self.fragments))
+
+
+def _key_fraction(input_key: str) -> float:
+    """A number in [0, 1) fixed by the key alone."""
+    return int(hashlib.sha256(input_key.encode("utf-8")).hexdigest()[:12], 16) / float(1 << 48)
+
+
+def plan_shards(fragments: Sequence[Fragment], config: ShardConfig) -> list[ShardSpec]:
+    """Cut fragments (any order; sorted here by input key) into shards (module docstring)."""
+    ordered = sorted((f for f in fragments if f.samples > 0), key=lambda f: f.input_key)
+    shards: list[list[Fragment]] = []
+    current: list[Fragment] = []
+    members = samples = 0
+
+    def close() -> None:
+        nonlocal current, members, samples
+        if current:
+            shards.append(current)
+        current, members, samples = [], 0, 0
+
+    for fragment in ordered:
+        over = (samples + fragment.samples > config.max_samples_per_shard
+                or tar_size(members + fragment.member_bytes) > config.max_bytes_per_shard)
+        if current and over:
+            close()
+        current.append(fragment)
+        members += fragment.member_bytes
+        samples += fragment.samples
+        fill = max(samples / config.max_samples_per_shard, tar_size(members) / config.max_bytes_per_shard)
+        if fill >= 0.5 and _key_fraction(fragment.input_key) < 2.0 * (fill - 0.5):
+            close()
+    close()
+    return [ShardSpec(name=digest("shard", [f.key for f in group]), fragments=tuple(group)) for group in shards]
+
+
+def shard_object_url(out_url: str, name: str, extension: str = "tar") -> str:
+    return storage.safe_join(out_url, f"{SHARD_OBJECTS}/{name}.{extension}")
+
+
+def stored_shards(out_url: str) -> dict[str, dict[str, Any]]:
+    """``{name: sidecar}`` of every complete shard object under ``OUT/objects/shards``."""
+    base = storage.safe_join(out_url, SHARD_OBJECTS)
+    if not storage.exists(base):
+        return {}
+    out = {}
+    for url in storage.list_files(base, "*.json"):
+        name = url.rsplit("/", 1)[-1][: -len(".json")]
+        if name.startswith("."):
+            continue
+        out[name] = json.loads(storage.read_text(url))
+    return out
+
+
+class PackShards:
+    """Operator: one item per shard (``key`` = shard name, ``fragments`` = [[url, member_bytes, samples]])."""
+
+    resources = {"num_cpus": 0.5, "num_gpus": 0.0, "batch_size": 1}
+
+    def __init__(self, *, out_url: str) -> None:
+        self.out_url = out_url
+
+    def setup(self) -> None:
+        """Nothing to load."""
+
+    def _pack(self, name: str, fragments: list[list[Any]]) -> dict[str, Any]:
+        digest_ = hashlib.sha256()
+        written = samples = 0
+        with storage.atomic_open(shard_object_url(self.out_url, name), "wb") as out:
+            for url, member_bytes, count in fragments:
+                data = storage.read_bytes(url)
+                if len(data) < int(member_bytes):
+                    raise ValueError(f"fragment {url} has {len(data)} bytes, expected at least {member_bytes}")
+                chunk = data[: int(member_bytes)]
+                out.write(chunk)
+                digest_.update(chunk)
+                written += len(chunk)
+                samples += int(count)
+            end = tar_size(written) - written
+            out.write(b"\0" * end)
+            digest_.update(b"\0" * end)
+        sidecar = {"bytes": written + end, "sha256": digest_.hexdigest(), "samples": samples}
+        storage.write_text(shard_object_url(self.out_url, name, "json"), json.dumps(sidecar, sort_keys=True))
+        return sidecar
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        size = len(batch["key"])
+        items = ItemStatus.of(batch, size)
+        sidecars: list[Any] = [None] * size
+        for i in items.pending():
+            try:
+                sidecars[i] = json.dumps(self._pack(str(batch["key"][i]), list(batch["fragments"][i])), sort_keys=True)
+            except (OSError, ValueError) as exc:
+                items.fail(i, f"packing shard {batch['key'][i]}: {type(exc).__name__}: {exc}")
+        out = dict(batch)
+        out["fragments"] = [None] * size  # nothing heavy goes back
+        out["sidecar"] = sidecars
+        return items.write(out)
