@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
 import hashlib
 import io
-import json
 import logging
 import posixpath
 import re
@@ -44,6 +42,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from labelmill.infra.formats.items import STATUS_FAILED, STATUS_PENDING
+from labelmill.infra.storage import FingerprintMode, file_fingerprint
 
 __all__ = [
     "WORK_ITEM_SCHEMA",
@@ -90,7 +89,6 @@ _YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]+")
 _GLOB_MAGIC = re.compile(r"[*?\[]")
 
 CorpusKind = Literal["auto", "kinetics", "directory", "file", "manifest"]
-FingerprintMode = Literal["stat", "sha1"]
 
 _KINETICS_REQUIRED = ("youtube_id", "time_start", "time_end")
 _MANIFEST_COLUMNS = ("key", "uri", "start", "end", "label", "split")
@@ -513,58 +511,9 @@ def _derived_manifest_key(uri: str, start: float | None, end: float | None) -> s
 # ----------------------------------------------------------------------------- fingerprints and keys
 
 
-def file_fingerprint(
-    url: str,
-    *,
-    mode: FingerprintMode = "stat",
-    info: dict[str, Any] | None = None,
-    fs: fsspec.AbstractFileSystem | None = None,
-    path: str | None = None,
-) -> str:
-    """Content fingerprint of the file at ``url``: ``stat:<hex>`` or ``sha1:<hex>``.
-
-    ``stat``: sha1 of the JSON ``{"path": ..., "size": ..., <marker>: ...}`` where the marker
-    is the first of etag / ETag / md5Hash / mtime / LastModified / updated / created present
-    in fsspec ``info()`` (datetimes as POSIX seconds). It names one version of one file: it
-    changes when the file is rewritten, and two files never share it even when their size and
-    time agree. ``sha1``: sha1 of the bytes alone, read in 1 MiB blocks (same content, same
-    fingerprint, wherever it lives). ``info``/``fs``/``path`` may be passed to skip lookups.
-    """
-    if fs is None or path is None:
-        fs, path = _filesystem(url)
-    if mode == "sha1":
-        digest = hashlib.sha1()
-        with fs.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return "sha1:" + digest.hexdigest()
-    if mode != "stat":
-        raise ValueError(f"fingerprint mode must be 'stat' or 'sha1', got {mode!r}")
-    if info is None:
-        info = fs.info(path)
-    token: dict[str, Any] = {"path": fs.unstrip_protocol(path), "size": info.get("size")}
-    for marker in ("etag", "ETag", "md5Hash", "mtime", "LastModified", "updated", "created"):
-        if info.get(marker) is not None:
-            token[marker] = _plain_marker(info[marker])
-            break
-    return "stat:" + hashlib.sha1(json.dumps(token, sort_keys=True).encode()).hexdigest()
-
-
 def is_safe_key(key: str) -> bool:
     """True when ``key`` is '/'-separated parts of ``[A-Za-z0-9_-]`` (no '.', no empty part)."""
     return bool(KEY_PATTERN.fullmatch(key))
-
-
-def _plain_marker(value: Any) -> Any:
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=datetime.timezone.utc)
-        return round(value.timestamp(), 6)
-    if isinstance(value, float):
-        return round(value, 6)
-    if isinstance(value, (int, str)):
-        return value
-    return str(value)
 
 
 def _key_from_relpath(relpath: str) -> str:

@@ -35,6 +35,7 @@ import math
 import os
 import re
 import tempfile
+import uuid
 from typing import IO, Any, Iterable, Mapping
 
 import pyarrow as pa
@@ -367,14 +368,21 @@ class DatasetVersionWriter:
     # -- identity ----------------------------------------------------------------------------
     @property
     def version_id(self) -> str:
-        """The version id; without an explicit one it is fixed on first use from the config."""
+        """The version id; without an explicit one it is fixed on first use from the config.
+
+        A default id already committed under this root (a second run of the same config within
+        the same second) gets a short random suffix, so versions stay immutable.
+        """
         if self._version_id is None:
             if self._config_yaml is None:
                 raise ValueError(
                     "the default version id hashes the config: pass config_yaml= (or version_id=) to "
                     "DatasetVersionWriter before writing shards, or call commit(config_yaml=...) first"
                 )
-            self._version_id = make_version_id(self._config_yaml)
+            version_id = make_version_id(self._config_yaml)
+            if storage.exists(storage.safe_join(version_url(self.out_url, version_id), SUCCESS)):
+                version_id = f"{version_id}-{uuid.uuid4().hex[:6]}"
+            self._version_id = version_id
         return self._version_id
 
     @property

@@ -30,7 +30,7 @@ from labelmill.infra.formats.shards import ShardConfig, tar_size
 from labelmill.infra.results import digest
 
 __all__ = ["OBJECTS_DIR", "SHARD_OBJECTS", "Fragment", "ShardSpec", "plan_shards", "PackShards", "shard_object_url",
-           "stored_shards"]
+           "stored_shard_names", "read_sidecar"]
 
 OBJECTS_DIR = "objects"
 SHARD_OBJECTS = f"{OBJECTS_DIR}/shards"
@@ -55,10 +55,6 @@ class ShardSpec:
     @property
     def samples(self) -> int:
         return sum(f.samples for f in self.fragments)
-
-    @property
-    def num_bytes(self) -> int:
-        return tar_size(sum(f.member_bytes for f in self.fragments))
 
 
 def _key_fraction(input_key: str) -> float:
@@ -98,18 +94,18 @@ def shard_object_url(out_url: str, name: str, extension: str = "tar") -> str:
     return storage.safe_join(out_url, f"{SHARD_OBJECTS}/{name}.{extension}")
 
 
-def stored_shards(out_url: str) -> dict[str, dict[str, Any]]:
-    """``{name: sidecar}`` of every complete shard object under ``OUT/objects/shards``."""
+def stored_shard_names(out_url: str) -> set[str]:
+    """Names of the complete shard objects under ``OUT/objects/shards`` (one listing)."""
     base = storage.safe_join(out_url, SHARD_OBJECTS)
     if not storage.exists(base):
-        return {}
-    out = {}
-    for url in storage.list_files(base, "*.json"):
-        name = url.rsplit("/", 1)[-1][: -len(".json")]
-        if name.startswith("."):
-            continue
-        out[name] = json.loads(storage.read_text(url))
-    return out
+        return set()
+    names = (url.rsplit("/", 1)[-1] for url in storage.list_files(base, "*.json"))
+    return {n[: -len(".json")] for n in names if not n.startswith(".")}
+
+
+def read_sidecar(out_url: str, name: str) -> dict[str, Any]:
+    """``{bytes, sha256, samples}`` of a stored shard object."""
+    return json.loads(storage.read_text(shard_object_url(out_url, name, "json")))
 
 
 class PackShards:
@@ -128,10 +124,11 @@ class PackShards:
         written = samples = 0
         with storage.atomic_open(shard_object_url(self.out_url, name), "wb") as out:
             for url, member_bytes, count in fragments:
-                data = storage.read_bytes(url)
-                if len(data) < int(member_bytes):
-                    raise ValueError(f"fragment {url} has {len(data)} bytes, expected at least {member_bytes}")
-                chunk = data[: int(member_bytes)]
+                fs, path = storage.filesystem(url)
+                with fs.open(path, "rb") as handle:  # the members only, not the end-of-archive blocks
+                    chunk = handle.read(int(member_bytes))
+                if len(chunk) < int(member_bytes):
+                    raise ValueError(f"fragment {url} has {len(chunk)} bytes, expected at least {member_bytes}")
                 out.write(chunk)
                 digest_.update(chunk)
                 written += len(chunk)

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from labelmill.infra.formats.items import ItemStatus
+from labelmill.infra.formats.items import STATUS_FAILED, ItemStatus
 from labelmill.infra.pipeline import Batch, Pipeline, Stage, batch_to_rows, rows_to_batch
 from labelmill.infra.results import ResultStore, root_key, stage_fingerprint, stage_key
 
@@ -39,6 +39,7 @@ __all__ = ["KEYS_COLUMN", "WORK_COLUMN", "INLINE_COLUMN", "StagePlan", "Persiste
 KEYS_COLUMN = "_keys"  # {stage name: result key}, in stage order
 WORK_COLUMN = "_work"  # {stage name: "computed" | "reused"}
 INLINE_COLUMN = "_inline"  # stored in each result: the names of its columns that travel inline
+FILES_COLUMN = "_files"  # stored in each result: the file columns written beside it (listed inline)
 COMPUTED, REUSED = "computed", "reused"
 _MAX_INLINE_TEXT = 256
 
@@ -58,13 +59,17 @@ class StagePlan:
 
     name: str
     fingerprint: str
-    upstream: str | None  # the previous stage's name (None: the first stage)
     reads: tuple[str, ...] | None  # columns the operator reads; None: all it can be given
     inline: tuple[str, ...] = ()  # added columns that travel with the item whatever their size
     files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # bytes column -> file extension
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)  # column -> stage that wrote it
     earlier: tuple[str, ...] = ()  # every stage before this one, nearest last
     input_columns: tuple[str, ...] = ()  # the work items' own columns
+
+    @property
+    def upstream(self) -> str | None:
+        """The previous stage's name (None: the first stage)."""
+        return self.earlier[-1] if self.earlier else None
 
 
 class PersistedStage:
@@ -103,13 +108,13 @@ class PersistedStage:
         """Reuse a stored result or failure for ``row``; False when there is none."""
         store, name = self._store, self.plan.name
         if store.exists(name, key):
-            inline = store.read(name, key, [INLINE_COLUMN]).get(INLINE_COLUMN) or []
-            row.update(store.read(name, key, inline))
-            row.update({f"{c}_url": store.url(name, key, ext) for c, ext in self.plan.files.items()})
+            row.update(store.read(name, key, listed_in=INLINE_COLUMN))
+            for column in row.pop(FILES_COLUMN, None) or ():
+                row[f"{column}_url"] = store.url(name, key, self.plan.files[column])
             return True
         reason = store.read_failure(name, key)
         if reason is not None:
-            row["status"], row["reason"] = "failed", reason
+            row["status"], row["reason"] = STATUS_FAILED, reason
             return True
         return False
 
@@ -121,7 +126,7 @@ class PersistedStage:
         if plan.reads is None:
             for stage in plan.earlier:
                 full.update({k: v for k, v in store.read(stage, keys[stage]).items()
-                             if k != INLINE_COLUMN and k not in row})
+                             if k not in (INLINE_COLUMN, FILES_COLUMN) and k not in row})
             return full
         wanted: dict[str, list[str]] = {}
         for column in plan.reads:
@@ -140,20 +145,24 @@ class PersistedStage:
         added = {c: v for c, v in out.items() if c not in given and c not in ("status", "reason")}
         result = dict(row)
         result["status"], result["reason"] = out.get("status", row.get("status")), out.get("reason", row.get("reason"))
-        if result["status"] == "failed":
-            store.write_failure(plan.name, key, str(result["reason"] or "failed"))
+        if result["status"] == STATUS_FAILED:
+            store.write_failure(plan.name, key, str(result["reason"] or STATUS_FAILED))
             return result
         inline: list[str] = []
+        files: list[str] = []
         for column, extension in plan.files.items():
             data = added.pop(column, None)
             if data is None:
                 continue
             result[f"{column}_url"] = store.write_file(plan.name, key, extension, bytes(data))
+            files.append(column)
         for column, value in added.items():
             if column in plan.inline or _is_small(value):
                 inline.append(column)
                 result[column] = value
-        store.write(plan.name, key, {**added, INLINE_COLUMN: sorted(inline)})
+        if files:  # restored with the inline columns, then turned into their URLs
+            inline.append(FILES_COLUMN)
+        store.write(plan.name, key, {**added, INLINE_COLUMN: sorted(inline), FILES_COLUMN: files})
         return result
 
     # -- batch ---------------------------------------------------------------------------------
@@ -168,7 +177,7 @@ class PersistedStage:
             try:
                 key = self._key(row)
             except Exception as exc:  # noqa: BLE001 - a per-item problem fails the item only
-                row["status"], row["reason"] = "failed", f"stage {self.plan.name}: item {row.get('key')}: {exc}"
+                row["status"], row["reason"] = STATUS_FAILED, f"stage {self.plan.name}: item {row.get('key')}: {exc}"
                 continue
             row[KEYS_COLUMN] = {**(row.get(KEYS_COLUMN) or {}), self.plan.name: key}
             if not self.recompute and self._restore(row, key):
@@ -206,7 +215,6 @@ def persist_pipeline(pipeline: Pipeline, *, out_url: str, input_columns: Sequenc
         plan = StagePlan(
             name=stage.name,
             fingerprint=stage_fingerprint(stage.name, stage.operator),
-            upstream=earlier[-1] if earlier else None,
             reads=tuple(reads) if reads is not None else None,
             inline=tuple(inline.get(stage.name, ())),
             files=dict(files.get(stage.name, {})),

@@ -141,7 +141,7 @@ def _module_code(name: str) -> tuple[str, tuple[str, ...]]:
             imported.add(node.module)
             for alias in node.names:  # "from labelmill.infra import storage" names a module
                 candidate = f"{node.module}.{alias.name}"
-                if importlib.util.find_spec(node.module) is not None and _is_module(candidate):
+                if _is_module(candidate):
                     imported.add(candidate)
     code = hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).hexdigest()
     return code, tuple(sorted(imported))
@@ -202,30 +202,30 @@ class ResultStore:
     def exists(self, stage: str, key: str, extension: str = "npz") -> bool:
         return storage.exists(self.url(stage, key, extension))
 
-    def write(self, stage: str, key: str, columns: Mapping[str, Any]) -> int:
-        """Store ``columns``; returns the bytes written."""
-        data = encode_result(columns)
-        storage.write_bytes(self.url(stage, key), data)
-        return len(data)
+    def write(self, stage: str, key: str, columns: Mapping[str, Any]) -> None:
+        """Store ``columns`` (atomically)."""
+        storage.write_bytes(self.url(stage, key), encode_result(columns))
 
     def write_file(self, stage: str, key: str, extension: str, data: bytes) -> str:
         url = self.url(stage, key, extension)
         storage.write_bytes(url, data)
         return url
 
-    def read(self, stage: str, key: str, columns: Iterable[str] | None = None) -> dict[str, Any]:
-        """Columns of a stored result (only those asked for: a remote file is read in ranges)."""
-        url = self.url(stage, key)
+    @staticmethod
+    def _read_url(url: str, columns: Iterable[str] | None, listed_in: str | None = None) -> dict[str, Any]:
         fs, path = storage.filesystem(url)
         with fs.open(path, "rb") as handle:
-            return decode_result(handle, columns, where=url)
+            return decode_result(handle, columns, where=url, listed_in=listed_in)
+
+    def read(self, stage: str, key: str, columns: Iterable[str] | None = None, *,
+             listed_in: str | None = None) -> dict[str, Any]:
+        """Columns of a stored result (only those asked for, or those the column ``listed_in`` names:
+        a remote file is read in ranges, in one open)."""
+        return self._read_url(self.url(stage, key), columns, listed_in)
 
     def read_path(self, relative: str, columns: Iterable[str] | None = None) -> dict[str, Any]:
         """Columns of a result named by its path relative to the output root (``results/...``)."""
-        url = storage.safe_join(self.out_url, relative)
-        fs, path = storage.filesystem(url)
-        with fs.open(path, "rb") as handle:
-            return decode_result(handle, columns, where=url)
+        return self._read_url(storage.safe_join(self.out_url, relative), columns)
 
     def write_failure(self, stage: str, key: str, reason: str) -> None:
         storage.write_text(self.url(stage, key, "failed.json"), json.dumps({"reason": reason}, sort_keys=True))

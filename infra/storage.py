@@ -9,10 +9,13 @@ object, so the temp object is moved/committed) so a reader never sees a half-wri
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
+import json
 import os
 import posixpath
 import uuid
-from typing import IO, Iterator
+from typing import IO, Any, Iterator, Literal
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -30,6 +33,8 @@ __all__ = [
     "write_text",
     "atomic_open",
     "list_files",
+    "file_fingerprint",
+    "FingerprintMode",
     "remove",
 ]
 
@@ -143,13 +148,54 @@ def remove(url: str, recursive: bool = False) -> None:
         fs.rm(path, recursive=recursive)
 
 
-def file_digest(url: str, *, block: int = 1 << 20) -> str:
-    """Hex sha256 of the bytes at ``url`` (read in blocks): what a model file's fingerprint is made of."""
-    import hashlib
+# 'stat': names one version of one file (cheap: from a listing); 'sha1': its bytes alone.
+FingerprintMode = Literal["stat", "sha1"]
 
-    fs, path = filesystem(url)
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+
+def file_fingerprint(
+    url: str,
+    *,
+    mode: FingerprintMode = "stat",
+    info: dict[str, Any] | None = None,
+    fs: fsspec.AbstractFileSystem | None = None,
+    path: str | None = None,
+) -> str:
+    """Content fingerprint of the file at ``url``: ``stat:<hex>`` or ``sha1:<hex>``.
+
+    ``stat``: sha1 of the JSON ``{"path": ..., "size": ..., <marker>: ...}`` where the marker
+    is the first of etag / ETag / md5Hash / mtime / LastModified / updated / created present
+    in fsspec ``info()`` (datetimes as POSIX seconds). It names one version of one file: it
+    changes when the file is rewritten, and two files never share it even when their size and
+    time agree. ``sha1``: sha1 of the bytes alone, read in 1 MiB blocks (same content, same
+    fingerprint, wherever it lives). ``info``/``fs``/``path`` may be passed to skip lookups.
+    """
+    if fs is None or path is None:
+        fs, path = filesystem(url)
+    if mode == "sha1":
+        digest = hashlib.sha1()
+        with fs.open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return "sha1:" + digest.hexdigest()
+    if mode != "stat":
+        raise ValueError(f"fingerprint mode must be 'stat' or 'sha1', got {mode!r}")
+    if info is None:
+        info = fs.info(path)
+    token: dict[str, Any] = {"path": fs.unstrip_protocol(path), "size": info.get("size")}
+    for marker in ("etag", "ETag", "md5Hash", "mtime", "LastModified", "updated", "created"):
+        if info.get(marker) is not None:
+            token[marker] = _plain_marker(info[marker])
+            break
+    return "stat:" + hashlib.sha1(json.dumps(token, sort_keys=True).encode()).hexdigest()
+
+
+def _plain_marker(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return round(value.timestamp(), 6)
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, (int, str)):
+        return value
+    return str(value)

@@ -55,6 +55,26 @@ log = logging.getLogger(__name__)
 __all__ = ["Problem", "validate_version"]
 
 
+class _HashingReader:
+    """A binary file wrapper that counts and hashes what is read through it (one pass per shard)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read what tarfile left after the end-of-archive marker."""
+        while self.read(1 << 20):
+            pass
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One thing wrong with a version: where, what, and expected vs got when that helps."""
@@ -212,27 +232,35 @@ class _Validator:
             if not storage.exists(url):
                 self.add(where, "missing shard object", "a shard in OUT/objects/shards", None)
                 continue
-            data = storage.read_bytes(url)
-            total += len(data)
-            if len(data) != int(entry["bytes"]):
-                self.add(where, "size differs from the manifest", entry["bytes"], len(data))
-            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                self.add(where, "sha256 differs from the manifest (corrupted shard)", entry["sha256"],
-                         hashlib.sha256(data).hexdigest())
+            reader: list[_HashingReader] = []
             try:
-                samples.extend(self._shard(url, name, schema))
+                samples.extend(self._shard(url, name, schema, reader=reader))
             except (tarfile.TarError, OSError, EOFError) as exc:
                 self.add(where, "unreadable tar", "a tar archive", exc)
+            if not reader:
+                continue
+            total += reader[0].size  # the whole object: _members drains what tarfile leaves
+            if reader[0].size != int(entry["bytes"]):
+                self.add(where, "size differs from the manifest", entry["bytes"], reader[0].size)
+            if reader[0].sha256.hexdigest() != entry["sha256"]:
+                self.add(where, "sha256 differs from the manifest (corrupted shard)", entry["sha256"],
+                         reader[0].sha256.hexdigest())
         return samples, total, len(manifest)
 
-    def _members(self, url: str) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+    def _members(self, url: str, reader: list | None = None) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+        """Members of a tar, read once as a stream; ``reader`` receives the hashing reader used."""
         fs, path = storage.filesystem(url)
-        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-            for member in tar:
-                data = tar.extractfile(member).read() if member.isreg() else None
-                yield member, data
+        with fs.open(path, "rb") as raw:
+            handle = _HashingReader(raw)
+            if reader is not None:
+                reader.append(handle)
+            with tarfile.open(fileobj=handle, mode="r|") as tar:
+                for member in tar:
+                    data = tar.extractfile(member).read() if member.isreg() else None
+                    yield member, data
+            handle.drain()
 
-    def _shard(self, url: str, name: str, schema: DatasetSchema) -> list[_ShardSample]:
+    def _shard(self, url: str, name: str, schema: DatasetSchema, reader: list | None = None) -> list[_ShardSample]:
         where = f"{SHARDS_DIR}/{name}"
         out: list[_ShardSample] = []
         finished: set[str] = set()
@@ -249,7 +277,7 @@ class _Validator:
                     out.append(sample)
                 finished.add(current)
 
-        for member, data in self._members(url):
+        for member, data in self._members(url, reader):
             if data is None:
                 self.add(where, "member is not a regular file", "regular file", f"{member.name!r} type {member.type!r}")
                 continue

@@ -664,13 +664,9 @@ def save_body_npz(path: str, arrays: Mapping[str, np.ndarray] | None = None) -> 
 
     ``path`` may be any fsspec URL; the file is written whole (no partial file on failure).
     """
-    import fsspec
+    from labelmill.models.model_files import write_model_bytes
 
     arrays = default_body_arrays() if arrays is None else arrays
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    tmp = f"{fs_path}.tmp-{id(buffer):x}"
-    with fs.open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-    fs.mv(tmp, fs_path)
+    write_model_bytes(path, buffer.getvalue())

@@ -1,16 +1,23 @@
 """Reading and writing model files (weights, priors, body models) on any fsspec URL.
 
-The one place under ``models/`` that touches storage: models take bytes, and these helpers fetch
-them for the loaders that are given a path. Writes are whole-file: a temporary name, then a rename.
+Loaders that are given a path fetch their bytes here; writes are whole-file (a temporary name,
+then a rename). Embedded model files ship in the ``labelmill.models.data`` package.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import uuid
 
 import fsspec
 
-__all__ = ["read_model_bytes", "write_model_bytes"]
+__all__ = ["read_model_bytes", "write_model_bytes", "embedded_model_file"]
+
+
+def embedded_model_file(name: str) -> str | None:
+    """Local path of the embedded model file ``name`` (in labelmill/models/data), or None if absent."""
+    resource = importlib.resources.files("labelmill.models.data") / name
+    return str(resource) if resource.is_file() else None
 
 
 def read_model_bytes(path: str, *, what: str) -> bytes:

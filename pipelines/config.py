@@ -40,7 +40,7 @@ class Pose3dConfig:
     keypoint_init: KeypointInitConfig = field(default_factory=KeypointInitConfig)  # embedded per-frame initialiser
     samples: Pose3dSampleConfig = field(default_factory=Pose3dSampleConfig)  # sample fields
     shards: ShardConfig = field(default_factory=ShardConfig)  # shard size and naming
-    write_fits: bool = True  # also write fits/<input>.npz with every fitted frame, kept or dropped
+    write_fits: bool = True  # also write fits.json: where every fitted frame's fit and filter results are
     init: NoisyInitConfig = field(default_factory=NoisyInitConfig)  # HMR-like init noise (synthetic experiments)
     synth: SynthConfig = field(default_factory=SynthConfig)  # synthetic world (demo, eval, bench)
 

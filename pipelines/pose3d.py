@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,18 @@ from typing import Any
 from labelmill.infra import storage
 from labelmill.infra.config import dump_yaml
 from labelmill.infra.corpus import read_corpus
-from labelmill.infra.dataset_version import DatasetVersionWriter, make_version_id, read_stats
+from labelmill.infra.dataset_version import DatasetVersionWriter, read_stats
 from labelmill.infra.engines import get_engine
 from labelmill.infra.formats.items import STATUS_FAILED
-from labelmill.infra.packing import SHARD_OBJECTS, Fragment, PackShards, ShardSpec, plan_shards, stored_shards
+from labelmill.infra.packing import (
+    SHARD_OBJECTS,
+    Fragment,
+    PackShards,
+    ShardSpec,
+    plan_shards,
+    read_sidecar,
+    stored_shard_names,
+)
 from labelmill.infra.results import RESULTS_DIR
 from labelmill.infra.persisted_stage import KEYS_COLUMN, WORK_COLUMN, persist_pipeline
 from labelmill.infra.pipeline import Pipeline, Stage, batch_to_rows
@@ -197,21 +204,16 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
                                       member_bytes=int(row["fragment_member_bytes"]), samples=int(row["num_samples"])))
             index_rows[row["key"]] = row["index_rows"]
     shards = plan_shards(fragments, cfg.shards)
-    present = set(stored_shards(output_url))
-    packed, pack_seconds = _pack(engine, output_url, shards, present)
-    stored = stored_shards(output_url) if len(packed) < len(shards) else {}
+    packed, pack_seconds = _pack(engine, output_url, shards, stored_shard_names(output_url))
     work = _work_counts(rows, stage_names)
     work["pack"] = {"computed": len(packed), "reused": len(shards) - len(packed)}
     stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"], **work.get(s["name"], {})}
               for s in run_stats.get("stages", [])}
     stages["pack"] = {"items": len(packed), "seconds": pack_seconds, **work["pack"]}
-    version_id = make_version_id(config_text)
-    if storage.exists(storage.join(output_url, "versions", version_id, "_SUCCESS")):
-        version_id = f"{version_id}-{uuid.uuid4().hex[:6]}"  # a second run within the same second
-    writer = DatasetVersionWriter(output_url, shard_config=cfg.shards, config_yaml=config_text, version_id=version_id)
+    writer = DatasetVersionWriter(output_url, shard_config=cfg.shards, config_yaml=config_text)
     with writer:
         for spec in shards:
-            sidecar = packed.get(spec.name) or stored[spec.name]
+            sidecar = packed.get(spec.name) or read_sidecar(output_url, spec.name)
             shard_rows = [r for f in spec.fragments for r in index_rows[f.input_key]]
             writer.add_shared_shard(spec.name, f"{SHARD_OBJECTS}/{spec.name}.tar", sidecar, shard_rows)
         writer.record_inputs([_input_row(row) for row in rows])

@@ -122,11 +122,14 @@ def result_columns(archive: zipfile.ZipFile) -> list[str]:
     return sorted(names)
 
 
-def decode_result(source: bytes | IO[bytes], columns: Iterable[str] | None = None, *, where: str = "result") -> dict[str, Any]:
+def decode_result(source: bytes | IO[bytes], columns: Iterable[str] | None = None, *, where: str = "result",
+                  listed_in: str | None = None) -> dict[str, Any]:
     """Columns of an archive (all of them, or only ``columns``; absent ones are skipped).
 
-    ``source`` is the archive's bytes or a seekable binary file (an fsspec file reads only the
-    members asked for). Raises :class:`ResultCodecError` naming ``where`` for a damaged archive.
+    ``listed_in``: instead of ``columns``, the column (a JSON list of names) that names the columns
+    to read, read first from the same open archive. ``source`` is the archive's bytes or a seekable
+    binary file (an fsspec file reads only the members asked for). Raises
+    :class:`ResultCodecError` naming ``where`` for a damaged archive.
     """
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
@@ -136,6 +139,8 @@ def decode_result(source: bytes | IO[bytes], columns: Iterable[str] | None = Non
     out: dict[str, Any] = {}
     with archive:
         present = set(archive.namelist())
+        if listed_in is not None:
+            columns = json.loads(archive.read(f"{listed_in}.json")) if f"{listed_in}.json" in present else []
         wanted = result_columns(archive) if columns is None else list(columns)
         for name in wanted:
             try:

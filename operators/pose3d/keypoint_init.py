@@ -125,17 +125,13 @@ class KeypointInit:
 
     def fingerprint(self) -> dict[str, Any]:
         """Configuration and the weights' contents (the embedded file's when none is given)."""
-        import importlib.resources
-
-        from labelmill.infra.storage import file_digest
+        from labelmill.infra.storage import file_fingerprint
         from labelmill.models.keypoint_initializer import DEFAULT_WEIGHTS_FILE
+        from labelmill.models.model_files import embedded_model_file
 
         cfg = self.config
-        if cfg.weights is not None:
-            weights = file_digest(cfg.weights)
-        else:
-            resource = importlib.resources.files("labelmill.models.data") / DEFAULT_WEIGHTS_FILE
-            weights = "embedded:" + (file_digest(str(resource)) if resource.is_file() else "trained-on-demand")
+        path = cfg.weights or embedded_model_file(DEFAULT_WEIGHTS_FILE)
+        weights = file_fingerprint(path, mode="sha1") if path else "trained-on-demand"
         return {"config": {**dataclasses.asdict(cfg), "device": None, "batch_size": None}, "weights": weights}
 
     def setup(self) -> None:

@@ -403,10 +403,10 @@ class DetectKeypoints:
 
     def fingerprint(self) -> dict[str, Any]:
         """The backend's configuration and, for ONNX, the model file's contents."""
-        from labelmill.infra.storage import file_digest
+        from labelmill.infra.storage import file_fingerprint
 
-        onnx = getattr(self.config, "onnx_path", None)
-        return {"config": self.config, "onnx_model": file_digest(onnx) if onnx else None}
+        onnx = self.config.onnx_path
+        return {"config": self.config, "onnx_model": file_fingerprint(onnx, mode="sha1") if onnx else None}
 
     def setup(self) -> None:
         """Build and load the detector (once per worker)."""

@@ -20,6 +20,7 @@ import numpy as np
 from fsspec.core import url_to_fs
 
 from labelmill.infra.formats.items import ItemStatus
+from labelmill.infra.storage import file_fingerprint
 from labelmill.models.coco import COCO17_NAMES
 from labelmill.operators.pose3d.keypoints_format import (
     empty_keypoint_columns,
@@ -638,10 +639,4 @@ class PrecomputedKeypoints:
         except (KeypointsFormatError, FileNotFoundError) as exc:
             return f"missing: {exc}"
         fs = url_to_fs(shown if isinstance(shown, str) else self.root)[0]
-        stats = []
-        for path in paths:
-            info = fs.info(path)
-            marker = next((info.get(m) for m in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated")
-                           if info.get(m) is not None), None)
-            stats.append([path, info.get("size"), str(marker)])
-        return json.dumps(stats, sort_keys=True)
+        return " ".join(file_fingerprint(path, fs=fs, path=path) for path in paths)

@@ -19,9 +19,20 @@ import numpy as np
 from labelmill.infra.formats.items import ItemStatus
 from labelmill.operators.pose3d.fit_quality import FilterConfig, decide, frame_losses
 
-__all__ = ["LossFilter"]
+__all__ = ["LossFilter", "filter_columns"]
 
 _OUTPUT = ("frame_loss", "keep_frame", "frame_reason", "video_loss", "keep_video", "video_reason")
+
+
+def filter_columns(projected: np.ndarray, keypoints: np.ndarray, person_mask: np.ndarray, camera: np.ndarray,
+                   body_height: float, config: FilterConfig) -> dict[str, Any]:
+    """The filter's output columns for one fitted video (shapes in the module docstring)."""
+    losses = frame_losses(projected, np.nan_to_num(keypoints), person_mask, camera, body_height,
+                          min_confidence=config.min_confidence, min_keypoints=config.min_keypoints)
+    decision = decide(losses, config)
+    return {"frame_loss": losses.loss.astype(np.float32), "keep_frame": decision.keep_frame,
+            "frame_reason": decision.frame_reason, "video_loss": decision.video_loss,
+            "keep_video": decision.keep_video, "video_reason": decision.video_reason}
 
 
 class LossFilter:
@@ -44,15 +55,8 @@ class LossFilter:
         if num_frames == 0 or height is None or not math.isfinite(float(height)):
             return {"frame_loss": np.zeros(0, np.float32), "keep_frame": np.zeros(0, bool), "frame_reason": [],
                     "video_loss": float("nan"), "keep_video": False, "video_reason": "no_frames"}
-        losses = frame_losses(
-            projected, np.nan_to_num(np.asarray(batch["keypoints"][i])), np.asarray(batch["person_mask"][i]),
-            np.asarray(batch["camera"][i]), float(height),
-            min_confidence=self.config.min_confidence, min_keypoints=self.config.min_keypoints,
-        )
-        decision = decide(losses, self.config)
-        return {"frame_loss": losses.loss.astype(np.float32), "keep_frame": decision.keep_frame,
-                "frame_reason": decision.frame_reason, "video_loss": decision.video_loss,
-                "keep_video": decision.keep_video, "video_reason": decision.video_reason}
+        return filter_columns(projected, np.asarray(batch["keypoints"][i]), np.asarray(batch["person_mask"][i]),
+                              np.asarray(batch["camera"][i]), float(height), self.config)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         size = len(batch["key"])

@@ -99,3 +99,16 @@ def test_full_recomputes_every_stage(corpus, tmp_path):
     _run(corpus, tmp_path / "out")
     again = _run(corpus, tmp_path / "out", full=True)
     assert _work(again) == {name: (4, 0) for name in STAGES}
+
+
+def test_validate_checks_shared_shards_against_the_manifest(corpus, tmp_path):
+    from labelmill.infra.validate import validate_version
+
+    run = _run(corpus, tmp_path / "out")
+    assert validate_version(str(tmp_path / "out")) == []
+    shard = dv.shard_urls(run.version_url)[0]
+    data = bytearray(storage.read_bytes(shard))
+    data[600] ^= 0xFF  # inside the first member's data
+    storage.write_bytes(shard, bytes(data))
+    problems = [str(p) for p in validate_version(run.version_url)]
+    assert any("sha256 differs from the manifest" in p for p in problems), problems
