@@ -33,7 +33,7 @@ from labelmill.infra.results import ResultStore, root_key, stage_fingerprint, st
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KEYS_COLUMN", "WORK_COLUMN", "INLINE_COLUMN", "StagePlan", "PersistedStage", "persist_pipeline",
+__all__ = ["KEYS_COLUMN", "WORK_COLUMN", "INLINE_COLUMN", "StagePlan", "PersistedStage", "persist_pipeline", "chain_keys",
            "COMPUTED", "REUSED"]
 
 KEYS_COLUMN = "_keys"  # {stage name: result key}, in stage order
@@ -94,9 +94,9 @@ class PersistedStage:
             self._operator_ready = True
 
     # -- per item ------------------------------------------------------------------------------
-    def _key(self, row: dict[str, Any]) -> str:
+    def key_for(self, row: Mapping[str, Any], keys: Mapping[str, str]) -> str:
+        """This stage's result key for ``row`` given the earlier stages' keys (``{stage: key}``)."""
         plan = self.plan
-        keys = row.get(KEYS_COLUMN) or {}
         upstream = keys[plan.upstream] if plan.upstream else root_key(row)
         side = None
         if hasattr(self.operator, "item_fingerprint"):
@@ -175,7 +175,7 @@ class PersistedStage:
         for i in status.pending():
             row = rows[i] = dict(rows[i])
             try:
-                key = self._key(row)
+                key = self.key_for(row, row.get(KEYS_COLUMN) or {})
             except Exception as exc:  # noqa: BLE001 - a per-item problem fails the item only
                 row["status"], row["reason"] = STATUS_FAILED, f"stage {self.plan.name}: item {row.get('key')}: {exc}"
                 continue
@@ -195,6 +195,19 @@ class PersistedStage:
                 stored[WORK_COLUMN] = {**(rows[i].get(WORK_COLUMN) or {}), self.plan.name: COMPUTED}
                 rows[i] = stored
         return rows_to_batch(rows)
+
+
+def chain_keys(pipeline: Pipeline, row: Mapping[str, Any]) -> dict[str, str]:
+    """Every stage's result key for an input item of a :func:`persist_pipeline` pipeline, in order.
+
+    The keys depend only on the item, the stages' fingerprints and what ``item_fingerprint``
+    reports, never on results, so the driver can compute them before any work runs: it is what
+    the workers will compute (an incremental run that would only reuse is known in advance).
+    """
+    keys: dict[str, str] = {}
+    for stage in pipeline.stages:
+        keys[stage.name] = stage.operator.key_for(row, keys)
+    return keys
 
 
 def persist_pipeline(pipeline: Pipeline, *, out_url: str, input_columns: Sequence[str], recompute: bool = False,

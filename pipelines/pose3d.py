@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from typing import Any
 from labelmill.infra import storage
 from labelmill.infra.config import dump_yaml
 from labelmill.infra.corpus import read_corpus
-from labelmill.infra.dataset_version import DatasetVersionWriter, read_stats
+from labelmill.infra.dataset_version import DatasetVersionWriter, read_latest, read_stats, version_url
+from labelmill.infra.engines.config import EngineConfig
 from labelmill.infra.engines import get_engine
 from labelmill.infra.formats.items import STATUS_FAILED
 from labelmill.infra.packing import (
@@ -38,8 +40,9 @@ from labelmill.infra.packing import (
     read_sidecar,
     stored_shard_names,
 )
-from labelmill.infra.results import RESULTS_DIR
-from labelmill.infra.persisted_stage import KEYS_COLUMN, WORK_COLUMN, persist_pipeline
+from labelmill.infra.results import RESULTS_DIR, code_fingerprint, digest
+from labelmill.infra.persisted_stage import KEYS_COLUMN, WORK_COLUMN, chain_keys, persist_pipeline
+from labelmill.infra.version_results import RESULTS_FILE, chains_match, read_result_keys, results_table_bytes
 from labelmill.infra.pipeline import Pipeline, Stage, batch_to_rows
 from labelmill.operators.pose3d.bundle_adjust import BundleAdjust
 from labelmill.operators.common.decode import DecodeVideo
@@ -56,11 +59,12 @@ __all__ = ["Pose3dRun", "build_pose3d_pipeline", "run_pose3d", "fingerprints"]
 
 @dataclass
 class Pose3dRun:
-    """What a run wrote: where, and its funnel."""
+    """What a run wrote: where, and its funnel. ``up_to_date``: nothing to do, LATEST is returned."""
 
     version_url: str
     version_id: str
     stats: dict[str, Any] = field(default_factory=dict)
+    up_to_date: bool = False
 
 
 def _keypoints_config(cfg: Any, input_url: str) -> Any:
@@ -169,6 +173,47 @@ def _pack(engine: Any, out_url: str, shards: list[ShardSpec], present: set[str])
     return sidecars, seconds
 
 
+# Modules whose code shapes a version beyond the stage results (planning, packing, writing).
+_WRITER_MODULES = ("labelmill.pipelines.pose3d",)
+
+
+def config_digest(cfg: Any) -> str:
+    """What makes two runs write the same version from the same stage results: the config without
+    its ``engine`` section (where the work runs changes no byte) and the writer's code."""
+    return digest("pose3d-version", dump_yaml(dataclasses.replace(cfg, engine=EngineConfig())),
+                  code_fingerprint(_WRITER_MODULES))
+
+
+def _planned_chains(pipeline: Pipeline, items: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Every input's chain of stage keys, computed on the driver (empty: failed before a key)."""
+    def chain(item: dict[str, Any]) -> dict[str, str]:
+        if item.get("status") == STATUS_FAILED:
+            return {}
+        try:
+            return chain_keys(pipeline, item)
+        except Exception:  # noqa: BLE001 - the engine fails this item with its reason
+            return {}
+
+    with ThreadPoolExecutor(max_workers=16) as pool:  # fingerprints may stat remote files
+        return dict(zip((str(i["key"]) for i in items), pool.map(chain, items)))
+
+
+def _up_to_date(output_url: str, pipeline: Pipeline, items: list[dict[str, Any]], digest_now: str,
+                stage_names: list[str]) -> str | None:
+    """LATEST's id when it holds exactly what this run would write, else None."""
+    latest = read_latest(output_url)
+    if latest is None:
+        return None
+    url = version_url(output_url, latest)
+    if read_stats(url).get("config_digest") != digest_now:
+        return None
+    recorded = read_result_keys(url)
+    if recorded is None:
+        return None
+    planned = _planned_chains(pipeline, items)
+    return latest if chains_match(recorded, planned, stage_names, STATUS_FAILED) else None
+
+
 def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | None = None,
                full: bool = False) -> Pose3dRun:
     """Run pose3d on ``input_url`` (a corpus: Kinetics CSV/dir, directory, file, manifest) into ``output_url``.
@@ -176,6 +221,8 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
     Every stage result is stored under ``OUT/results`` by the worker that computes it and reused
     by later runs (resume after a crash, incremental regeneration); ``full`` recomputes all.
     Shards are packed by engine tasks into ``OUT/objects/shards``, shared by versions.
+    When LATEST already holds what this run would write (same inputs, same stage keys, same
+    config apart from the engine), nothing runs and LATEST is returned with ``up_to_date``.
     """
     t0 = time.perf_counter()
     if engine_name is not None:
@@ -187,6 +234,13 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
     stage_names = [s.name for s in base.stages]
     pipeline = persist_pipeline(base, out_url=output_url, input_columns=list(items[0]) if items else [],
                                 recompute=full, inline=_SUMMARY, files=_FILES)
+    digest_now = config_digest(cfg)
+    if not full:
+        latest = _up_to_date(output_url, pipeline, items, digest_now, stage_names)
+        if latest is not None:
+            url = version_url(output_url, latest)
+            log.info("pose3d: up to date: %s already holds these %d inputs with this config", url, len(items))
+            return Pose3dRun(version_url=url, version_id=latest, stats=read_stats(url), up_to_date=True)
     engine = get_engine(engine_cfg.name, engine_cfg)
 
     config_text = dump_yaml(cfg) + "\n# fingerprints\n" + "".join(
@@ -219,9 +273,12 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
         writer.record_inputs([_input_row(row) for row in rows])
         if cfg.write_fits:
             writer.write_file(FITS_FILE, _fits_index(rows))
+        writer.write_file(RESULTS_FILE, results_table_bytes(
+            ({"input_key": r["key"], "status": r.get("status"), "keys": r.get(KEYS_COLUMN)} for r in rows), stage_names))
         version_id = writer.commit(
-            stats={"stages": stages, "engine": engine_cfg.name, "wall_seconds": round(time.perf_counter() - t0, 3)})
-    version_url = storage.join(output_url, "versions", version_id)
-    stats = read_stats(version_url)
-    log.info("pose3d: wrote %s (inputs %s; frames %s)", version_url, stats["inputs"], stats["frames"])
-    return Pose3dRun(version_url=version_url, version_id=version_id, stats=stats)
+            stats={"stages": stages, "engine": engine_cfg.name, "config_digest": digest_now,
+                   "wall_seconds": round(time.perf_counter() - t0, 3)})
+    url = version_url(output_url, version_id)
+    stats = read_stats(url)
+    log.info("pose3d: wrote %s (inputs %s; frames %s)", url, stats["inputs"], stats["frames"])
+    return Pose3dRun(version_url=url, version_id=version_id, stats=stats)

@@ -43,6 +43,10 @@ def _pose3d(args: argparse.Namespace) -> int:
     run = run_pose3d(cfg, input_url=args.input, output_url=args.output.rstrip("/"), engine_name=args.engine,
                      full=args.full)
     inputs, frames = run.stats["inputs"], run.stats["frames"]
+    if run.up_to_date:
+        sys.stdout.write(f"labelmill run pose3d: up to date: {run.version_url} already holds these inputs "
+                         f"with this config (nothing computed, no new version; --full recomputes)\n")
+        return 0
     sys.stdout.write(
         f"labelmill run pose3d: dataset {run.version_url}\n"
         f"  inputs {inputs['in']}: written {inputs.get('written', 0)}, filtered {inputs.get('filtered', 0)}, "

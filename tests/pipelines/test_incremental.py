@@ -42,10 +42,25 @@ def _shard_digests(run):
     return [hashlib.sha256(storage.read_bytes(u)).hexdigest() for u in dv.shard_urls(run.version_url)]
 
 
-def test_rerun_with_nothing_changed_computes_nothing_and_writes_the_same_shards(corpus, tmp_path):
+def test_rerun_with_nothing_changed_is_up_to_date_and_writes_nothing(corpus, tmp_path):
     first = _run(corpus, tmp_path / "out")
     assert _work(first) == {name: (4, 0) for name in STAGES}
+    assert not first.up_to_date
     again = _run(corpus, tmp_path / "out")
+    assert again.up_to_date and again.version_id == first.version_id
+    assert dv.list_versions(str(tmp_path / "out")) == [first.version_id]
+    # the engine is not part of what a version holds: another engine is up to date too
+    cfg = load_config(Pose3dConfig, None, OVERRIDES)
+    other = run_pose3d(cfg, input_url=str(corpus / "manifest.csv"), output_url=str(tmp_path / "out"),
+                       engine_name="beam")
+    assert other.up_to_date
+
+
+def test_a_rerun_that_only_reuses_writes_the_same_shards(corpus, tmp_path):
+    """A changed setting that no stage reads (the shard writer's) reuses every stage result."""
+    first = _run(corpus, tmp_path / "out")
+    again = _run(corpus, tmp_path / "out", "write_fits=false")
+    assert not again.up_to_date
     assert _work(again) == {name: (0, 4) for name in STAGES}
     assert _shard_digests(again) == _shard_digests(first)
     assert again.stats["stages"]["pack"]["computed"] == 0
