@@ -153,6 +153,7 @@ class MemoryReport:
     seconds: float = 0.0  # time from start to stop
     max_processes: int = 0  # most tree members alive at one sample
     processes: list[ProcessPeak] = field(default_factory=list)  # every member seen, largest peak RSS first
+    root_peak_rss_bytes: int = 0  # the root process alone (a pipeline's driver)
 
     @property
     def max_process_rss_bytes(self) -> int:
@@ -165,6 +166,7 @@ class MemoryReport:
             "peak_rss_mb": round(self.peak_rss_bytes / _MB, 1),
             "peak_anon_mb": round(self.peak_anon_bytes / _MB, 1),
             "max_process_rss_mb": round(self.max_process_rss_bytes / _MB, 1),
+            "root_peak_rss_mb": round(self.root_peak_rss_bytes / _MB, 1),
             "max_processes": self.max_processes,
             "processes_seen": len(self.processes),
             "samples": self.samples,
@@ -220,6 +222,8 @@ class TreeMemorySampler:
                 if rss > peak.peak_rss_bytes:
                     peak.peak_rss_bytes, peak.name = rss, info.name
                 peak.peak_anon_bytes = max(peak.peak_anon_bytes, anon)
+                if info.pid == self.root_pid:
+                    self.report.root_peak_rss_bytes = max(self.report.root_peak_rss_bytes, rss)
             report = self.report
             report.samples += 1
             report.peak_rss_bytes = max(report.peak_rss_bytes, total_rss)

@@ -52,7 +52,9 @@ class Stage:
 
     ``batch_size``: items per call. ``num_cpus`` may be fractional (several actors share a
     core). ``num_gpus``: 0 for CPU stages; engines fall back to CPU when no GPU exists.
-    ``concurrency``: parallel workers (actors / DoFn instances) an engine may start.
+    ``concurrency``: a fixed number of parallel workers (actors); None (the default) lets the
+    engine scale the pool with the cluster (Ray: an autoscaling actor pool from 1 up to what the
+    cluster fits; Beam: the runner's own parallelism).
     """
 
     name: str
@@ -60,14 +62,14 @@ class Stage:
     batch_size: int = 8
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    concurrency: int = 1
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
             raise ValueError(f"stage name {self.name!r} must be a non-empty identifier")
         if not callable(self.operator) or not hasattr(self.operator, "setup"):
             raise TypeError(f"stage {self.name}: operator must have setup() and __call__(batch)")
-        if self.batch_size < 1 or self.concurrency < 1:
+        if self.batch_size < 1 or (self.concurrency is not None and self.concurrency < 1):
             raise ValueError(f"stage {self.name}: batch_size and concurrency must be >= 1")
         if self.num_cpus <= 0 or self.num_gpus < 0:
             raise ValueError(f"stage {self.name}: num_cpus must be > 0 and num_gpus >= 0")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from labelmill.infra import storage
-from labelmill.infra.config import dump_yaml
+from labelmill.infra.config import ConfigError, dump_yaml
 from labelmill.infra.corpus import read_corpus
 from labelmill.infra.dataset_version import DatasetVersionWriter, read_latest, read_stats, version_url
 from labelmill.infra.engines.config import EngineConfig
@@ -120,6 +120,7 @@ def fingerprints(cfg: Any) -> dict[str, str]:
     return out
 
 
+PACK_STAGE = "pack"  # the packing run's one stage (placement: engine.stages.pack)
 # {input key: {"fit": path, "filter": path}} (relative to OUT): every fitted frame, kept or not.
 FITS_FILE = "fits.json"
 # What travels inline from the last stage to the driver; the fragment is stored as a file.
@@ -157,20 +158,23 @@ def _input_row(row: dict[str, Any]) -> dict[str, Any]:
     return dict(row["input_row"])
 
 
-def _pack(engine: Any, out_url: str, shards: list[ShardSpec], present: set[str]) -> tuple[dict[str, dict[str, Any]], float]:
-    """Pack the shards not in the store yet, as engine tasks; (sidecars of those packed, seconds)."""
+def _pack(engine: Any, out_url: str, shards: list[ShardSpec],
+          present: set[str]) -> tuple[dict[str, dict[str, Any]], float, int]:
+    """Pack the shards not in the store yet, as engine tasks; (sidecars of those packed, seconds,
+    bytes the driver received)."""
     missing = [s for s in shards if s.name not in present]
-    sidecars, seconds = {}, 0.0
+    sidecars, seconds, received = {}, 0.0, 0
     if missing:
         items = [{"key": s.name, "fragments": [[f.url, f.member_bytes, f.samples] for f in s.fragments]} for s in missing]
-        pack = Pipeline(name="pack", stages=[Stage.of("pack", PackShards(out_url=out_url))])
+        pack = Pipeline(name="pack", stages=[Stage.of(PACK_STAGE, PackShards(out_url=out_url))])
         for batch in engine.run(pack, items):
             for row in batch_to_rows(batch):
                 if row.get("status") == STATUS_FAILED:
                     raise RuntimeError(f"pose3d: {row.get('reason')}")
                 sidecars[row["key"]] = json.loads(row["sidecar"])
-        seconds = engine.stats.as_dict()["stages"][0]["seconds"] if engine.stats is not None else 0.0
-    return sidecars, seconds
+        if engine.stats is not None:
+            seconds, received = engine.stats.stages[0].seconds, engine.stats.bytes_out
+    return sidecars, seconds, received
 
 
 # Modules whose code shapes a version beyond the stage results (planning, packing, writing).
@@ -214,6 +218,19 @@ def _up_to_date(output_url: str, pipeline: Pipeline, items: list[dict[str, Any]]
     return latest if chains_match(recorded, planned, stage_names, STATUS_FAILED) else None
 
 
+def _engines(engine_cfg: EngineConfig, stage_names: list[str]) -> tuple[Any, Any]:
+    """The engine of the pose3d stages and the one of the packing run (``engine.stages.pack``)."""
+    unknown = sorted(set(engine_cfg.stages) - set(stage_names) - {PACK_STAGE})
+    if unknown:
+        raise ConfigError(f"unknown stage name(s) in 'engine.stages': {', '.join(map(repr, unknown))}; "
+                          f"pose3d has stages: {', '.join([*stage_names, PACK_STAGE])}")
+    def only(names: set[str]) -> EngineConfig:
+        return dataclasses.replace(engine_cfg, stages={k: v for k, v in engine_cfg.stages.items() if k in names})
+
+    return (get_engine(engine_cfg.name, only(set(stage_names))),
+            get_engine(engine_cfg.name, only({PACK_STAGE})))
+
+
 def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | None = None,
                full: bool = False) -> Pose3dRun:
     """Run pose3d on ``input_url`` (a corpus: Kinetics CSV/dir, directory, file, manifest) into ``output_url``.
@@ -234,6 +251,7 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
     stage_names = [s.name for s in base.stages]
     pipeline = persist_pipeline(base, out_url=output_url, input_columns=list(items[0]) if items else [],
                                 recompute=full, inline=_SUMMARY, files=_FILES)
+    engine, pack_engine = _engines(engine_cfg, stage_names)
     digest_now = config_digest(cfg)
     if not full:
         latest = _up_to_date(output_url, pipeline, items, digest_now, stage_names)
@@ -241,7 +259,6 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
             url = version_url(output_url, latest)
             log.info("pose3d: up to date: %s already holds these %d inputs with this config", url, len(items))
             return Pose3dRun(version_url=url, version_id=latest, stats=read_stats(url), up_to_date=True)
-    engine = get_engine(engine_cfg.name, engine_cfg)
 
     config_text = dump_yaml(cfg) + "\n# fingerprints\n" + "".join(
         f"# {k}: {v}\n" for k, v in sorted(fingerprints(cfg).items()))
@@ -258,12 +275,12 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
                                       member_bytes=int(row["fragment_member_bytes"]), samples=int(row["num_samples"])))
             index_rows[row["key"]] = row["index_rows"]
     shards = plan_shards(fragments, cfg.shards)
-    packed, pack_seconds = _pack(engine, output_url, shards, stored_shard_names(output_url))
+    packed, pack_seconds, pack_bytes = _pack(pack_engine, output_url, shards, stored_shard_names(output_url))
     work = _work_counts(rows, stage_names)
-    work["pack"] = {"computed": len(packed), "reused": len(shards) - len(packed)}
+    work[PACK_STAGE] = {"computed": len(packed), "reused": len(shards) - len(packed)}
     stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"], **work.get(s["name"], {})}
               for s in run_stats.get("stages", [])}
-    stages["pack"] = {"items": len(packed), "seconds": pack_seconds, **work["pack"]}
+    stages[PACK_STAGE] = {"items": len(packed), "seconds": pack_seconds, **work[PACK_STAGE]}
     writer = DatasetVersionWriter(output_url, shard_config=cfg.shards, config_yaml=config_text)
     with writer:
         for spec in shards:
@@ -277,6 +294,7 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
             ({"input_key": r["key"], "status": r.get("status"), "keys": r.get(KEYS_COLUMN)} for r in rows), stage_names))
         version_id = writer.commit(
             stats={"stages": stages, "engine": engine_cfg.name, "config_digest": digest_now,
+                   "driver_bytes": int(run_stats.get("bytes_out", 0)) + pack_bytes,
                    "wall_seconds": round(time.perf_counter() - t0, 3)})
     url = version_url(output_url, version_id)
     stats = read_stats(url)

@@ -72,13 +72,18 @@ class StageStats:
 
 @dataclass
 class RunStats:
-    """One engine run: wall time from ``run()`` to the last batch, items out, failed, stages."""
+    """One engine run: wall time from ``run()`` to the last batch, items out, failed, stages.
+
+    ``bytes_out``: the encoded size of the output items the driver received (what crossed the
+    process boundary to the driver; the local engine counts what would have).
+    """
 
     engine: str
     stages: list[StageStats]
     items: int = 0
     failed: int = 0
     wall_seconds: float = 0.0
+    bytes_out: int = 0
 
     @property
     def items_per_s(self) -> float:
@@ -97,11 +102,14 @@ class RunStats:
             "failed": self.failed,
             "wall_seconds": self.wall_seconds,
             "items_per_s": self.items_per_s,
+            "bytes_out": self.bytes_out,
             "stages": [s.as_dict() for s in self.stages],
         }
 
-    def count_output(self, batch: Batch) -> None:
+    def count_output(self, batch: Batch, nbytes: int) -> None:
+        """Count one output batch of ``nbytes`` encoded bytes."""
         statuses = batch.get("status", [])
+        self.bytes_out += int(nbytes)
         self.items += batch_length(batch)
         self.failed += sum(1 for s in statuses if s == STATUS_FAILED)
 

@@ -65,7 +65,12 @@ class EngineConfig:
     # Scale every stage's num_cpus down (same factor) when the actor pools would need more CPUs
     # than the cluster has; otherwise a pool that cannot start stalls the pipeline.
     ray_fit_cpus: bool = True
-    # Per-stage placement: stage name -> {batch_size, num_cpus, num_gpus, concurrency}.
+    # Run consecutive stages that need the same kind of device (CPU or GPU) and have no fixed
+    # concurrency in one Ray actor pool: items do not cross processes between them, and a small
+    # cluster does not split its CPUs over a pool per stage.
+    ray_fuse: bool = True
+    # Per-stage placement: stage name -> {batch_size, num_cpus, num_gpus, concurrency}
+    # (concurrency: a fixed pool size; unset: an autoscaling pool).
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     # Beam runner: FnApiRunner (in-process, default), DirectRunner, PrismRunner, FlinkRunner,
     # SparkRunner, DataflowRunner, PortableRunner, or a dotted PipelineRunner class path.

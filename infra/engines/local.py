@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from labelmill.infra.engines.base import RunStats, StatsRecorder, call_stage, prepare_items, resolve_stages
 from labelmill.infra.engines.config import EngineConfig
+from labelmill.infra.formats.payload import encode_item
 from labelmill.infra.pipeline import Batch, Pipeline, Stage, rows_to_batch
 
 __all__ = ["LocalEngine"]
@@ -65,6 +66,6 @@ class LocalEngine:
             stream = _run_stage(stage, index, stream, recorder)
         for chunk in _chunks(stream, stages[-1].batch_size):
             batch = rows_to_batch(chunk)
-            recorder.run.count_output(batch)
+            recorder.run.count_output(batch, sum(len(encode_item(row)) for row in chunk))
             yield batch
         self.stats = recorder.finish()

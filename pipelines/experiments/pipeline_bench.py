@@ -55,6 +55,7 @@ __all__ = [
     "run_pipeline_bench",
     "register_pipeline_bench",
     "format_report",
+    "scaling_summary",
 ]
 
 LOOP = "loop"
@@ -76,6 +77,7 @@ class PipelineBenchConfig:
     loop_batch_size: int | None = None  # items per batch of the plain loop; None: the last stage's batch size
     sample_interval_s: float = 0.05  # seconds between memory samples of the child's process tree
     timeout_s: float = 3600.0  # a run that takes longer is killed and the bench fails
+    rerun: bool = True  # run each engine a second time on its own output (the no-change rerun)
 
     def __post_init__(self) -> None:
         for name in ("videos", "frames", "repeat"):
@@ -209,6 +211,8 @@ def measure_in_process(cfg: Any, *, run: str, input_url: str, output_url: str,
         "samples": stats["samples"],
         "inputs": stats["inputs"],
         "stage_seconds": {name: s["seconds"] for name, s in sorted(stats.get("stages", {}).items())},
+        "driver_bytes": stats.get("driver_bytes"),
+        "up_to_date": bool(getattr(result, "up_to_date", False)),
     }
 
 
@@ -324,11 +328,15 @@ def _summarise(trials: list[dict[str, Any]], frames: int) -> dict[str, Any]:
         "peak_anon_mb": _median([m["peak_anon_mb"] for m in memory]),
         "max_process_rss_mb": _median([m["max_process_rss_mb"] for m in memory]),
         "max_processes": max(m["max_processes"] for m in memory),
+        "driver_peak_rss_mb": _median([m["root_peak_rss_mb"] for m in memory]),
+        "driver_bytes_per_frame": (None if trials[0].get("driver_bytes") is None
+                                   else _median([t["driver_bytes"] for t in trials]) / frames),
         "stage_seconds": {name: round(_median([t["stage_seconds"].get(name, 0.0) for t in trials]), 3)
                           for name in trials[0]["stage_seconds"]},
         "samples": trials[0]["samples"],
         "frames_kept": trials[0]["frames_kept"],
         "inputs": trials[0]["inputs"],
+        "rerun": _summarise_reruns([t["rerun"] for t in trials if t.get("rerun")], run_s),
         "trials": [
             {"wall_s": round(t["wall_s"], 3), "run_s": round(t["run_s"], 3),
              "engine_init_s": round(t["engine_init_s"], 3), "shutdown_s": round(t["shutdown_s"], 3),
@@ -337,6 +345,16 @@ def _summarise(trials: list[dict[str, Any]], frames: int) -> dict[str, Any]:
         ],
     }
     return summary
+
+
+def _summarise_reruns(reruns: list[dict[str, Any]], first_run_s: float) -> dict[str, Any] | None:
+    """The no-change rerun (same command, same output): its time as a fraction of the first run."""
+    if not reruns:
+        return None
+    run_s = _median([r["run_s"] for r in reruns])
+    wall_s = _median([r["wall_s"] for r in reruns])
+    return {"run_s": run_s, "wall_s": wall_s, "fraction_of_first_run": run_s / first_run_s,
+            "up_to_date": all(r["up_to_date"] for r in reruns)}
 
 
 def _machine() -> dict[str, Any]:
@@ -418,19 +436,25 @@ def run_pipeline_bench(cfg: Any, bench: PipelineBenchConfig, *, work_dir: str | 
     frames = bench.videos * bench.frames
     trials: dict[str, list[dict[str, Any]]] = {name: [] for name in bench.runs}
     with _work_root(work_dir) as root:
-        corpus = os.path.join(root, "corpus")
+        size = f"{bench.videos}x{bench.frames}"  # several corpus sizes can share one work dir
+        corpus = os.path.join(root, f"corpus-{size}")
         _ensure_corpus(corpus, synth, progress=lambda text: log.info("bench pipeline: %s", text))
-        config_path = os.path.join(root, "pose3d.yaml")
+        config_path = os.path.join(root, f"pose3d-{size}.yaml")
         with open(config_path, "w", encoding="utf-8") as handle:
             handle.write(dump_yaml(cfg))
-        os.makedirs(os.path.join(root, "logs"), exist_ok=True)
+        logs = os.path.join(root, "logs", size)
+        os.makedirs(logs, exist_ok=True)
         for trial in range(bench.repeat):
             for name in bench.runs:
-                output = os.path.join(root, "out", f"{name}-{trial}")
+                output = os.path.join(root, "out", size, f"{name}-{trial}")
                 shutil.rmtree(output, ignore_errors=True)
                 result = _measure_child(name, config_path=config_path, corpus=corpus, output=output,
-                                        log_path=os.path.join(root, "logs", f"{name}-{trial}.log"),
+                                        log_path=os.path.join(logs, f"{name}-{trial}.log"),
                                         bench=bench, verbose=verbose)
+                if name != LOOP and bench.rerun:  # the same command again: nothing changed
+                    result["rerun"] = _measure_child(
+                        name, config_path=config_path, corpus=corpus, output=output,
+                        log_path=os.path.join(logs, f"{name}-{trial}-rerun.log"), bench=bench, verbose=verbose)
                 shutil.rmtree(output, ignore_errors=True)
                 if result["frames_in"] != frames:
                     raise RuntimeError(f"bench run {name} read {result['frames_in']} frames, expected {frames}")
@@ -461,16 +485,39 @@ def format_report(report: dict[str, Any]) -> str:
     header = (f"pose3d: {report['videos']} videos x {report['frames']} frames on {report['device']} "
               f"({report['machine']['cpus']} CPUs), median of {report['repeat']} trial(s)\n")
     columns = ("run", "wall_s", "startup_s", "frames/s", "excl. startup", "vs loop", "vs loop excl.",
-               "peak RSS MB", "peak anon MB", "max proc MB")
-    widths = (6, 8, 10, 9, 14, 8, 14, 12, 13, 12)
+               "peak RSS MB", "peak anon MB", "driver MB", "driver B/frame", "rerun %")
+    widths = (6, 8, 10, 9, 14, 8, 14, 12, 13, 10, 15, 8)
     lines = [header, "".join(c.rjust(w) for c, w in zip(columns, widths))]
     for name, run in report["runs"].items():
+        per_frame = run.get("driver_bytes_per_frame")
+        rerun = run.get("rerun")
         values = (name, f"{run['wall_s']:.1f}", f"{run['startup_s']:.1f}", f"{run['frames_per_s']:.1f}",
                   f"{run['frames_per_s_excl_startup']:.1f}", f"{run['throughput_vs_loop']:.2f}",
                   f"{run['throughput_vs_loop_excl_startup']:.2f}", f"{run['peak_rss_mb']:.0f}",
-                  f"{run['peak_anon_mb']:.0f}", f"{run['max_process_rss_mb']:.0f}")
+                  f"{run['peak_anon_mb']:.0f}", f"{run['driver_peak_rss_mb']:.0f}",
+                  "-" if per_frame is None else f"{per_frame:.0f}",
+                  "-" if rerun is None else f"{100 * rerun['fraction_of_first_run']:.1f}")
         lines.append("".join(v.rjust(w) for v, w in zip(values, widths)))
     return "\n".join(lines) + "\n"
+
+
+def scaling_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across corpus sizes, per run: throughput vs the loop, driver bytes per frame and peak driver
+    RSS at each size, and the largest size's driver RSS over the smallest's (flat: ~1)."""
+    reports = sorted(reports, key=lambda r: r["videos"])
+    out: dict[str, Any] = {}
+    for name in reports[0]["runs"]:
+        runs = [r["runs"][name] for r in reports if name in r["runs"]]
+        out[name] = {
+            "videos": [r["videos"] for r in reports],
+            "throughput_vs_loop": [round(x["throughput_vs_loop"], 3) for x in runs],
+            "driver_bytes_per_frame": [x.get("driver_bytes_per_frame") for x in runs],
+            "driver_peak_rss_mb": [x["driver_peak_rss_mb"] for x in runs],
+            "driver_rss_largest_over_smallest": runs[-1]["driver_peak_rss_mb"] / runs[0]["driver_peak_rss_mb"],
+            "rerun_fraction": [None if x.get("rerun") is None else round(x["rerun"]["fraction_of_first_run"], 4)
+                               for x in runs],
+        }
+    return out
 
 
 # ----------------------------------------------------------------------------- command line
@@ -488,7 +535,9 @@ def register_pipeline_bench(sub: argparse._SubParsersAction) -> None:
         "frames/s, peak RSS and the ratio to the loop. Keypoints: the corpus's precomputed files "
         "(keypoints.backend=precomputed unless --set says otherwise).",
     )
-    parser.add_argument("--videos", type=int, default=12, help="synthetic videos (default 12)")
+    parser.add_argument("--videos", default="12",
+                        help="synthetic videos; a comma-separated list (e.g. 12,48,96) benches each corpus size "
+                             "and adds a scaling summary (default 12)")
     parser.add_argument("--frames", type=int, default=60, help="frames per video (default 60)")
     parser.add_argument("--engines", default=",".join(ENGINE_RUNS),
                         help="comma-separated engines to compare with the loop (default local,ray,beam)")
@@ -501,6 +550,8 @@ def register_pipeline_bench(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one run may take (default 3600)")
     parser.add_argument("--work-dir", default=None,
                         help="keep the corpus (reused when it matches) and the run logs here (default: a temp dir)")
+    parser.add_argument("--no-rerun", action="store_true",
+                        help="skip each engine's second, no-change run on its own output")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_config_args(parser)
     parser.set_defaults(handler=_pipeline_command)
@@ -512,19 +563,31 @@ def _pipeline_command(args: argparse.Namespace) -> int:
     from labelmill.pipelines.config import config_class
 
     try:
-        bench = PipelineBenchConfig(
-            videos=args.videos, frames=args.frames, seed=args.seed, repeat=args.repeat,
+        sizes = [int(v) for v in str(args.videos).split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"bench pipeline: --videos must be integers separated by commas, got {args.videos!r}") from None
+    try:
+        benches = [PipelineBenchConfig(
+            videos=videos, frames=args.frames, seed=args.seed, repeat=args.repeat,
             engines=[name.strip() for name in args.engines.split(",") if name.strip()],
-            loop_batch_size=args.loop_batch_size, sample_interval_s=args.interval, timeout_s=args.timeout)
+            loop_batch_size=args.loop_batch_size, sample_interval_s=args.interval, timeout_s=args.timeout,
+            rerun=not args.no_rerun) for videos in sizes or [0]]
     except ValueError as exc:
         raise UsageError(f"bench pipeline: {exc}") from None
     overrides = ["keypoints.backend=precomputed", *getattr(args, "overrides", [])]
     cfg = load_config(config_class("pose3d"), getattr(args, "config", None), overrides)
-    report = run_pipeline_bench(cfg, bench, work_dir=args.work_dir, verbose=max(0, getattr(args, "verbose", 0)))
-    if args.json:
-        sys.stdout.write(json.dumps(report) + "\n")
+    verbose = max(0, getattr(args, "verbose", 0))
+    reports = [run_pipeline_bench(cfg, bench, work_dir=args.work_dir, verbose=verbose) for bench in benches]
+    if len(reports) == 1:
+        document: dict[str, Any] = reports[0]
+        text = format_report(reports[0])
     else:
-        sys.stdout.write(format_report(report))
+        document = {"sizes": reports, "scaling": scaling_summary(reports)}
+        text = "\n".join(format_report(r) for r in reports) + "\nscaling:\n" + "".join(
+            f"  {name}: driver RSS x{row['driver_rss_largest_over_smallest']:.2f} from {row['videos'][0]} to "
+            f"{row['videos'][-1]} videos; vs loop {row['throughput_vs_loop']}\n"
+            for name, row in document["scaling"].items())
+    sys.stdout.write(json.dumps(document) + "\n" if args.json else text)
     return 0
 
 

@@ -378,7 +378,7 @@ def ray_session():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     if started:
         ray.shutdown()
@@ -427,15 +427,36 @@ def test_engines_give_identical_outputs_per_key(engine_runs, engine_name):
 def test_ray_gpu_stage_falls_back_to_cpu(engine_runs, caplog):
     _, engine, _ = engine_runs["ray"]
     assert engine.placements["summarise"]["num_gpus"] == 0.0  # it ran: outputs compared above
-    assert engine.placements["make"] == {"batch_size": 4, "num_cpus": 0.25, "num_gpus": 0.0, "concurrency": 2}
+    assert engine.placements["make"] == {"batch_size": 4, "num_cpus": 0.25, "num_gpus": 0.0, "min_size": 2, "max_size": 2}
+    # bytes, summarise (on CPU here) and the sink have no fixed concurrency: one autoscaling pool,
+    # which asks for the largest CPU request of its stages and grows to what the cluster holds
+    assert engine.pools == [["make"], ["bytes", "summarise", "sink"]]
+    assert engine.placements["bytes"] == engine.placements["summarise"] == {
+        "batch_size": 8, "num_cpus": 0.25, "num_gpus": 0.0, "min_size": 1, "max_size": 8}
     from labelmill.infra.engines.ray_engine import fit_cpus, stage_placement
 
     with caplog.at_level(logging.WARNING):
         placement = stage_placement(toy_pipeline().stages[2], cluster_gpus=0)
     assert placement["num_gpus"] == 0 and "stage summarise asks for 1 GPU(s)" in caplog.text
     assert stage_placement(toy_pipeline().stages[2], cluster_gpus=4)["num_gpus"] == 1
-    fitted = fit_cpus([{"num_cpus": 1.0, "concurrency": 2}, {"num_cpus": 1.0, "concurrency": 2}], cluster_cpus=2)
-    assert sum(p["num_cpus"] * p["concurrency"] for p in fitted) == pytest.approx(1.8)
+    fitted = fit_cpus([{"num_cpus": 1.0, "min_size": 2}, {"num_cpus": 1.0, "min_size": 2}], cluster_cpus=2)
+    assert sum(p["num_cpus"] * p["min_size"] for p in fitted) == pytest.approx(1.8)
+
+
+def test_ray_pools_fuse_consecutive_stages_of_one_device_kind():
+    from labelmill.infra.engines.ray_engine import fuse_stages, pool_placement
+
+    def place(gpus, concurrency=None):
+        return {"batch_size": 4, "num_cpus": 0.5, "num_gpus": gpus, "concurrency": concurrency}
+
+    cpu, gpu = place(0.0), place(1.0)
+    assert fuse_stages([cpu, cpu, gpu, gpu, cpu, cpu], fuse=True) == [[0, 1], [2, 3], [4, 5]]
+    assert fuse_stages([cpu, place(0.0, 3), cpu], fuse=True) == [[0], [1], [2]]  # a fixed pool stays alone
+    assert fuse_stages([cpu, cpu], fuse=False) == [[0], [1]]
+    pool = pool_placement([cpu, {**cpu, "num_cpus": 1.0, "batch_size": 16}], cluster_cpus=40, cluster_gpus=0)
+    assert pool == {"batch_size": 16, "num_cpus": 1.0, "num_gpus": 0.0, "min_size": 1, "max_size": 40}
+    assert pool_placement([gpu], cluster_cpus=64, cluster_gpus=8)["max_size"] == 8
+    assert pool_placement([place(0.0, 3)], cluster_cpus=64, cluster_gpus=0)["min_size"] == 3
 
 
 @pytest.mark.parametrize("engine_name,per_stage", [("local", 1), ("ray", None), ("beam", 1)])
@@ -445,12 +466,14 @@ def test_setup_runs_once_per_worker(engine_runs, engine_name, per_stage):
     for name in os.listdir(setup_dir):
         stage, pid, _ = name.split("-")
         calls.setdefault(stage, []).append(pid)
-    concurrency = {"make": 2, "bytes": 1, "summarise": 1}
     for stage, pids in calls.items():
-        expected = per_stage if per_stage is not None else concurrency[stage]
-        assert len(pids) == expected, f"{engine_name}: {stage} set up {len(pids)} times"
-        if engine_name == "ray":
-            assert len(set(pids)) == len(pids)  # one setup per actor process
+        if per_stage is not None:
+            assert len(pids) == per_stage, f"{engine_name}: {stage} set up {len(pids)} times"
+        else:  # ray: one setup per actor process; make has a fixed pool of 2, the fused pool 1..8
+            assert len(set(pids)) == len(pids)
+            assert len(pids) == 2 if stage == "make" else 1 <= len(pids) <= 8
+    if per_stage is None:  # the fused stages ran in the same actors
+        assert sorted(calls["bytes"]) == sorted(calls["summarise"])
     assert sorted(calls) == ["bytes", "make", "summarise"]
 
 
@@ -464,6 +487,109 @@ def test_beam_options_pass_through():
     assert options.view_as(StandardOptions).runner == "FnApiRunner"
     assert options.view_as(DirectOptions).direct_num_workers == 2
     assert options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+
+
+def random_items(n: int, nbytes: int = 1024) -> list[dict[str, Any]]:
+    """Items with incompressible blobs (Beam compresses what it pickles into the graph)."""
+    rng = np.random.default_rng(n)
+    return [{"key": f"r-{i:05d}", "blob": rng.bytes(nbytes)} for i in range(n)]
+
+
+def test_beam_input_files_hold_every_item_in_bounded_row_groups(tmp_path):
+    pytest.importorskip("apache_beam")
+    import pyarrow.parquet as pq
+
+    from labelmill.infra.engines.beam_engine import write_input
+
+    rows = prepare_items(random_items(50))
+    assert 1024 < len(encode_item(rows[0])) < 4096 // 3  # so 4 items fill a 4 KB row group
+    urls = write_input(iter(rows), str(tmp_path / "input"), row_group_bytes=4096, file_bytes=12 * 1024)
+    assert [os.path.basename(u) for u in urls] == [f"items-{i:05d}.parquet" for i in range(5)]
+    keys, decoded, groups_per_file, rows_per_group = [], [], [], []
+    for url in urls:
+        parquet = pq.ParquetFile(url)
+        groups_per_file.append(parquet.metadata.num_row_groups)
+        for index in range(parquet.metadata.num_row_groups):
+            group = parquet.read_row_group(index)
+            rows_per_group.append(group.num_rows)
+            assert group.column("seconds").to_pylist() == [[]] * group.num_rows
+            keys += group.column("key").to_pylist()
+            decoded += table_to_items(group)
+    assert rows_per_group == [4] * 12 + [2] and groups_per_file == [3, 3, 3, 3, 1]
+    assert keys == [r["key"] for r in rows]
+    assert all(same(got, want) for got, want in zip(decoded, rows))
+
+
+def beam_graph(items: list[dict[str, Any]], run_dir: str) -> Any:
+    """The runner API proto of the Beam job for the toy pipeline (with sink) on ``items``."""
+    from labelmill.infra.engines.base import resolve_stages
+    from labelmill.infra.engines.beam_engine import build_job
+
+    config = EngineConfig(name="beam")
+    return build_job(config, resolve_stages(toy_pipeline(), config, SINK), prepare_items(items), run_dir).to_runner_api()
+
+
+def test_beam_job_graph_holds_no_items_and_reshuffles_before_the_first_stage(tmp_path):
+    pytest.importorskip("apache_beam")
+    from apache_beam.portability import common_urns
+
+    small, large = beam_graph(random_items(5), str(tmp_path / "a")), beam_graph(random_items(200), str(tmp_path / "b"))
+    extra_payload = sum(len(encode_item(item)) for item in random_items(200)[5:])
+    growth = len(large.SerializeToString()) - len(small.SerializeToString())
+    assert abs(growth) < 2048 and extra_payload > 100 * 2048  # Create(items) added ~2.7 KB per item
+
+    transforms = large.components.transforms
+    (root,) = large.root_transform_ids
+    top = [transforms[t] for t in transforms[root].subtransforms]
+    # The input is read from files and redistributed before the first stage: no Create of the items.
+    assert [t.unique_name for t in top] == [
+        "ReadItems", "ToWire", "Redistribute",
+        "Batch[make]", "Run[make]", "Batch[bytes]", "Run[bytes]", "Batch[summarise]", "Run[summarise]",
+        "Batch[sink]", "Run[sink]", "ToRecords", "WriteItems",
+    ]  # fmt: skip
+    producer = {pcoll: t for t in top for pcoll in t.outputs.values()}
+
+    def upstream(transform: Any) -> Any:
+        (pcoll,) = transform.inputs.values()
+        return producer[pcoll]
+
+    redistribute = upstream(top[3])  # what feeds the first stage
+    assert redistribute.spec.urn == common_urns.composites.RESHUFFLE.urn
+    assert upstream(redistribute).unique_name == "ToWire" and upstream(upstream(redistribute)).unique_name == "ReadItems"
+    with pytest.raises(ValueError, match="at least one item"):
+        beam_graph([], str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize(
+    "beam_options",
+    [[], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]],
+    ids=["in_process", "multi_processing"],
+)
+def test_beam_reads_split_input_and_returns_every_item_once(tmp_path, monkeypatch, beam_options):
+    pytest.importorskip("apache_beam")
+    from labelmill.infra.engines import beam_engine
+
+    # Tiny row groups and files, so the 30 items span several input files and row groups.
+    monkeypatch.setattr(beam_engine, "_INPUT_ROW_GROUP_BYTES", 512)
+    monkeypatch.setattr(beam_engine, "_INPUT_FILE_BYTES", 1024)
+    written: list[list[str]] = []
+    original_write_input = beam_engine.write_input
+
+    def recording_write_input(*args: Any, **kwargs: Any) -> list[str]:
+        written.append(original_write_input(*args, **kwargs))
+        return written[-1]
+
+    monkeypatch.setattr(beam_engine, "write_input", recording_write_input)
+    # Beam's SDK worker processes unpickle the toy operators by module name: let them import it.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])))
+
+    expected = collect_by_key(get_engine("local").run(toy_pipeline(), toy_items(), sink_stage=SINK))
+    engine = get_engine("beam", EngineConfig(name="beam", beam_options=beam_options, beam_output_dir=str(tmp_path)))
+    actual = collect_by_key(engine.run(toy_pipeline(), toy_items(), sink_stage=SINK))  # raises on a key seen twice
+    assert len(written) == 1 and len(written[0]) >= 3
+    assert_same_outputs(expected, actual, f"beam {beam_options}")
+    assert engine.stats.items == 30 and [s.items for s in engine.stats.stages] == [30, 30, 30, 30]
+    assert os.listdir(tmp_path) == []  # the run directory, input included, is removed
 
 
 def test_empty_input_yields_nothing_on_every_engine():

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from labelmill.infra.memory import ProcessInfo, TreeMemorySampler, tree_members
-from labelmill.pipelines.experiments.pipeline_bench import PipelineBenchConfig, register_pipeline_bench
+from labelmill.pipelines.experiments.pipeline_bench import PipelineBenchConfig, register_pipeline_bench, scaling_summary
 
 MB = 1024 * 1024
 
@@ -109,8 +109,28 @@ def test_bench_pipeline_end_to_end_loop_and_local(tmp_path, capsys):
         assert run["inputs"]["in"] == 2 and run["samples"] > 0
     assert report["runs"]["loop"]["throughput_vs_loop"] == pytest.approx(1.0)
     assert report["runs"]["local"]["samples"] == report["runs"]["loop"]["samples"]
-    assert (tmp_path / "corpus" / "manifest.csv").exists() and (tmp_path / "logs" / "local-0.log").exists()
-    assert not (tmp_path / "out" / "local-0").exists()  # outputs are removed after each run
+    assert (tmp_path / "corpus-2x8" / "manifest.csv").exists()
+    assert (tmp_path / "logs" / "2x8" / "local-0.log").exists()
+    assert not (tmp_path / "out" / "2x8" / "local-0").exists()  # outputs are removed after each run
+    local, loop = report["runs"]["local"], report["runs"]["loop"]
+    # the driver receives per-input summaries only: far less than a frame's JPEG (several KB)
+    assert 0 < local["driver_bytes_per_frame"] < 2048 and loop["driver_bytes_per_frame"] is None
+    assert 100 < local["driver_peak_rss_mb"] <= local["peak_rss_mb"]
+    # the second, no-change run found LATEST up to date and did no work
+    assert local["rerun"]["up_to_date"] and local["rerun"]["fraction_of_first_run"] < 1
+    assert loop["rerun"] is None
+
+
+def test_scaling_summary_compares_sizes():
+    def report(videos, rss, per_frame):
+        run = {"throughput_vs_loop": 0.9, "driver_bytes_per_frame": per_frame, "driver_peak_rss_mb": rss,
+               "rerun": {"fraction_of_first_run": 0.02}}
+        return {"videos": videos, "runs": {"ray": run}}
+
+    summary = scaling_summary([report(96, 460.0, 300.0), report(12, 400.0, 310.0)])
+    assert summary["ray"]["videos"] == [12, 96]
+    assert summary["ray"]["driver_rss_largest_over_smallest"] == pytest.approx(1.15)
+    assert summary["ray"]["driver_bytes_per_frame"] == [310.0, 300.0]
 
 
 def test_bench_pipeline_refuses_an_unknown_engine(tmp_path):
