@@ -39,6 +39,7 @@ import uuid
 from typing import IO, Any, Iterable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from labelmill.infra import storage
@@ -77,6 +78,7 @@ __all__ = [
     "read_index",
     "read_inputs",
     "read_stats",
+    "parquet_bytes",
 ]
 
 LATEST = "LATEST"
@@ -91,6 +93,7 @@ CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "shards.json"
 
 _VERSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_INDEX_ROW_GROUP = 65536  # rows per row group of an index streamed from shard index objects
 _PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
 # stats.json keys the writer computes; caller stats may not override them.
 _COMPUTED_STATS = ("schema", "version", "created_utc", "inputs", "input_reasons", "frames", "frame_reasons",
@@ -233,7 +236,7 @@ def _json_plain(value: Any) -> Any:
     return value
 
 
-def _parquet_bytes(rows: list[Mapping[str, Any]], schema: pa.Schema) -> bytes:
+def parquet_bytes(rows: list[Mapping[str, Any]], schema: pa.Schema) -> bytes:
     """Deterministic parquet: explicit schema, no pandas metadata, fixed writer options."""
     columns = {field.name: [_parquet_value(row[field.name]) for row in rows] for field in schema}
     table = pa.Table.from_pydict(columns, schema=schema)
@@ -337,6 +340,7 @@ class DatasetVersionWriter:
         self._explicit_shards: dict[int, str] = {}
         self._shard_bytes: dict[str, int] = {}
         self._shared: list[dict[str, Any]] = []
+        self._shared_index: list[tuple[str, str, int]] = []  # (shard, index object URL, samples)
         self._prepared = False
         self._committed = False
         self._closed = False
@@ -493,11 +497,20 @@ class DatasetVersionWriter:
         for entry in plan_shards(sizes, self.shard_config, first_index=first):
             self._write_shard_file(entry.name, [self._spool.load(k) for k in keys[entry.start : entry.stop]])
 
-    def add_shared_shard(self, name: str, path: str, sidecar: Mapping[str, Any], index_rows: Iterable[Mapping[str, Any]]) -> None:
-        """List a shard of the shared store (``path`` relative to the output root) with its samples' index rows."""
+    def add_shared_shard(self, name: str, path: str, sidecar: Mapping[str, Any],
+                         index_rows: Iterable[Mapping[str, Any]] | None = None, *, index_url: str | None = None) -> None:
+        """List a shard of the shared store (``path`` relative to the output root) with its samples'
+        index rows: given here, or stored as a Parquet object (``index_url``, sorted by key, with a
+        ``shard`` column) that is streamed into ``index.parquet`` at commit without being held."""
         self._check_open()
         if name in self._shard_bytes:
             raise ValueError(f"shard {name} was already added")
+        if (index_rows is None) == (index_url is None):
+            raise ValueError(f"shard {name}: give its index rows or the URL of its index object, not both")
+        if index_url is not None:
+            self._shared_index.append((name, index_url, int(sidecar["samples"])))
+            self._record_shared(name, path, sidecar)
+            return
         wanted = {"key", "member_key", "num_bytes", *self._sample_columns}
         for row in index_rows:
             row = dict(row)
@@ -508,6 +521,9 @@ class DatasetVersionWriter:
                 raise ValueError(f"duplicate sample key {row['key']!r}")
             self._keys.add(row["key"])
             self._index_rows.append({**row, "shard": name})
+        self._record_shared(name, path, sidecar)
+
+    def _record_shared(self, name: str, path: str, sidecar: Mapping[str, Any]) -> None:
         self._shard_bytes[name] = int(sidecar["bytes"])
         self._shared.append({"name": name, "path": path, "bytes": int(sidecar["bytes"]),
                              "sha256": sidecar["sha256"], "samples": int(sidecar["samples"])})
@@ -535,8 +551,7 @@ class DatasetVersionWriter:
             self._input_rows[key] = row
 
     # -- commit ------------------------------------------------------------------------------
-    def _check_accounting(self) -> None:
-        per_input = collections.Counter(row["input_key"] for row in self._index_rows)
+    def _check_accounting(self, per_input: Mapping[str, int]) -> None:
         for key, count in sorted(per_input.items()):
             row = self._input_rows.get(key)
             if row is None:
@@ -573,12 +588,36 @@ class DatasetVersionWriter:
                 "kept": sum(int(r["frames_written"]) for r in rows),
             },
             "frame_reasons": dict(sorted(frame_reasons.items())),
-            "samples": len(self._index_rows),
+            "samples": len(self._index_rows) + sum(count for _, _, count in self._shared_index),
             "shards": len(self._shard_bytes),
             "bytes": shard_bytes,
         }
         stats.update(_caller_stats(extra))
         return stats
+
+    def _stream_index(self, schema: pa.Schema) -> collections.Counter:
+        """Write ``index.parquet`` from the shared shards' index objects; samples per input.
+
+        Shards come in key order, so their index objects concatenate into a sorted index and
+        only one shard's index is in memory at a time. Should input keys order their samples
+        differently (a key that is a prefix of another's sample keys), the tables are sorted
+        together instead.
+        """
+        def tables() -> Iterable[pa.Table]:
+            for name, url, count in self._shared_index:
+                yield _read_index_object(url, name, count, schema)
+
+        try:
+            with storage.atomic_open(self._path(INDEX_FILE), "wb") as handle:
+                return _write_index_tables(handle, tables(), schema)
+        except _OutOfOrder as exc:
+            log.info("index objects out of key order at %r: sorting the whole index in memory", exc.args[0])
+        merged = pa.concat_tables(list(tables())).sort_by("key")
+        keys = merged.column("key")
+        if merged.num_rows > 1 and not pc.all(pc.less(keys.slice(0, merged.num_rows - 1), keys.slice(1))).as_py():
+            raise ValueError("duplicate sample keys across shards")
+        with storage.atomic_open(self._path(INDEX_FILE), "wb") as handle:
+            return _write_index_tables(handle, [merged], schema)
 
     def commit(self, stats: Mapping[str, Any] | None = None, config_yaml: str | None = None) -> str:
         """Write shards, parquet files, stats.json, config.yaml, then ``_SUCCESS``, then LATEST.
@@ -597,14 +636,20 @@ class DatasetVersionWriter:
             raise ValueError("a dataset version needs its config: pass config_yaml= to the constructor or commit()")
         self._prepare()
         self._flush_spool()
-        self._check_accounting()
         shard_bytes = sum(self._shard_bytes.values())
-        index_rows = sorted(self._index_rows, key=lambda r: r["key"])
+        index_schema = self.schema.arrow_schema(self.schema.index_columns)
+        if self._shared_index:
+            if self._index_rows:
+                raise ValueError("a version's index comes from the shared shards' index objects or from rows, not both")
+            per_input = self._stream_index(index_schema)
+        else:
+            per_input = collections.Counter(row["input_key"] for row in self._index_rows)
+            index_rows = sorted(self._index_rows, key=lambda r: r["key"])
+            storage.write_bytes(self._path(INDEX_FILE), parquet_bytes(index_rows, index_schema))
+        self._check_accounting(per_input)
         input_rows = sorted(self._input_rows.values(), key=lambda r: r["input_key"])
-        storage.write_bytes(self._path(INDEX_FILE),
-                            _parquet_bytes(index_rows, self.schema.arrow_schema(self.schema.index_columns)))
         storage.write_bytes(self._path(INPUTS_FILE),
-                            _parquet_bytes(input_rows, self.schema.arrow_schema(self.schema.inputs_columns)))
+                            parquet_bytes(input_rows, self.schema.arrow_schema(self.schema.inputs_columns)))
         document = _json_plain(self._stats(stats, shard_bytes))
         storage.write_text(self._path(STATS_FILE), json.dumps(document, sort_keys=True, indent=2, allow_nan=False) + "\n")
         storage.write_text(self._path(CONFIG_FILE), self._config_yaml)
@@ -618,6 +663,53 @@ class DatasetVersionWriter:
         log.info("committed dataset version %s: %d samples in %d shards, %d inputs", self.url,
                  document["samples"], document["shards"], document["inputs"]["in"])
         return self.version_id
+
+
+class _OutOfOrder(Exception):
+    """Shards' index objects, in shard order, are not in global key order."""
+
+
+def _read_index_object(url: str, name: str, expected: int, schema: pa.Schema) -> pa.Table:
+    """One shard's index object, checked: its schema, its shard column, its row count, sorted keys."""
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as handle:
+        table = pq.read_table(handle)
+    if set(table.column_names) != set(schema.names):
+        raise ValueError(f"index object {url} has columns {sorted(table.column_names)}, the schema needs "
+                         f"{sorted(schema.names)}")
+    table = table.select(schema.names).cast(schema)
+    if table.num_rows != expected:
+        raise ValueError(f"index object {url} has {table.num_rows} rows; shard {name} holds {expected} samples")
+    if table.num_rows and set(table.column("shard").unique().to_pylist()) != {name}:
+        raise ValueError(f"index object {url} names other shards than {name}")
+    keys = table.column("key")
+    if table.num_rows > 1 and not pc.all(pc.less(keys.slice(0, table.num_rows - 1), keys.slice(1))).as_py():
+        raise ValueError(f"index object {url}: sample keys are not sorted and unique")
+    return table
+
+
+def _write_index_tables(handle: IO, tables: Iterable[pa.Table], schema: pa.Schema) -> collections.Counter:
+    """Stream ``tables`` (each sorted) into one Parquet file, in row groups of ``_INDEX_ROW_GROUP``
+    rows; raises _OutOfOrder when a table's first key is not above the previous table's last."""
+    per_input: collections.Counter = collections.Counter()
+    pending: list[pa.Table] = []
+    last: str | None = None
+    with pq.ParquetWriter(handle, schema, **_PARQUET_OPTIONS) as writer:
+        for table in tables:
+            if not table.num_rows:
+                continue
+            first = table.column("key")[0].as_py()
+            if last is not None and not first > last:
+                raise _OutOfOrder(first)
+            last = table.column("key")[-1].as_py()
+            per_input.update(dict(zip(*[c.to_pylist() for c in table.column("input_key").value_counts().flatten()])))
+            pending.append(table)
+            if sum(t.num_rows for t in pending) >= _INDEX_ROW_GROUP:
+                writer.write_table(pa.concat_tables(pending), row_group_size=_INDEX_ROW_GROUP)
+                pending = []
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=_INDEX_ROW_GROUP)
+    return per_input
 
 
 def _caller_stats(stats: Mapping[str, Any] | None) -> dict[str, Any]:

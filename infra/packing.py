@@ -13,8 +13,10 @@ A shard's name is ``H(ordered fragment keys)``: fragment keys are content keys, 
 mean equal bytes, known before anything is read. Packing (:class:`PackShards`, an operator run
 by the engine, one item per missing shard) copies each fragment's tar members byte for byte
 (no re-encoding), appends the end-of-archive blocks, and writes ``OUT/objects/shards/<name>.tar``
-atomically, then its sidecar ``<name>.json`` (bytes, sha256, samples): a shard exists when its
-sidecar does. Bytes are identical on every engine and across reruns and resumes.
+atomically, then ``<name>.index.parquet`` (the index rows of its samples, read from the stored
+samples results, sorted by key: the driver never holds them) and last its sidecar
+``<name>.json`` (bytes, sha256, samples): a shard exists when its sidecar does. Bytes are
+identical on every engine and across reruns and resumes.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import json
 from typing import Any, Sequence
 
 from labelmill.infra import storage
+from labelmill.infra.dataset_version import parquet_bytes
 from labelmill.infra.formats.items import ItemStatus
 from labelmill.infra.formats.shards import ShardConfig, tar_size
-from labelmill.infra.results import digest
+from labelmill.infra.results import ResultStore, digest
+from labelmill.infra.schema import load_schema
 
-__all__ = ["OBJECTS_DIR", "SHARD_OBJECTS", "Fragment", "ShardSpec", "plan_shards", "PackShards", "shard_object_url",
+__all__ = ["OBJECTS_DIR", "SHARD_OBJECTS", "INDEX_EXTENSION", "Fragment", "ShardSpec", "plan_shards", "PackShards", "shard_object_url",
            "stored_shard_names", "read_sidecar"]
 
 OBJECTS_DIR = "objects"
@@ -94,13 +98,19 @@ def shard_object_url(out_url: str, name: str, extension: str = "tar") -> str:
     return storage.safe_join(out_url, f"{SHARD_OBJECTS}/{name}.{extension}")
 
 
+INDEX_EXTENSION = "index.parquet"
+
+
 def stored_shard_names(out_url: str) -> set[str]:
-    """Names of the complete shard objects under ``OUT/objects/shards`` (one listing)."""
+    """Names of the complete shard objects under ``OUT/objects/shards`` (one listing): those with
+    their tar, index and sidecar."""
     base = storage.safe_join(out_url, SHARD_OBJECTS)
     if not storage.exists(base):
         return set()
-    names = (url.rsplit("/", 1)[-1] for url in storage.list_files(base, "*.json"))
-    return {n[: -len(".json")] for n in names if not n.startswith(".")}
+    names = [url.rsplit("/", 1)[-1] for url in storage.list_files(base, "*")]
+    present = {n for n in names if not n.startswith(".")}
+    return {n[: -len(".json")] for n in present
+            if n.endswith(".json") and f"{n[: -len('.json')]}.{INDEX_EXTENSION}" in present}
 
 
 def read_sidecar(out_url: str, name: str) -> dict[str, Any]:
@@ -109,21 +119,39 @@ def read_sidecar(out_url: str, name: str) -> dict[str, Any]:
 
 
 class PackShards:
-    """Operator: one item per shard (``key`` = shard name, ``fragments`` = [[url, member_bytes, samples]])."""
+    """Operator: one item per shard (``key`` = shard name, ``fragments`` =
+    [[tar url, member_bytes, samples, result key]]).
+
+    ``index_stage``: the stage whose stored result (under the fragment's key) holds the
+    fragment's ``index_rows``; ``schema``: the dataset schema whose index columns they have.
+    """
 
     resources = {"num_cpus": 0.5, "num_gpus": 0.0, "batch_size": 1}
 
-    def __init__(self, *, out_url: str) -> None:
+    def __init__(self, *, out_url: str, index_stage: str = "samples", schema: str = "pose3d") -> None:
         self.out_url = out_url
+        self.index_stage = index_stage
+        self.schema = schema
 
     def setup(self) -> None:
         """Nothing to load."""
+
+    def _write_index(self, name: str, fragments: list[list[Any]]) -> None:
+        """``<name>.index.parquet``: the shard's samples' index rows, sorted by key."""
+        store = ResultStore(self.out_url)
+        rows = []
+        for _, _, _, key in fragments:
+            rows.extend({**row, "shard": name} for row in store.read(self.index_stage, key, ["index_rows"])["index_rows"])
+        rows.sort(key=lambda r: r["key"])
+        schema = load_schema(self.schema)
+        storage.write_bytes(shard_object_url(self.out_url, name, INDEX_EXTENSION),
+                            parquet_bytes(rows, schema.arrow_schema(schema.index_columns)))
 
     def _pack(self, name: str, fragments: list[list[Any]]) -> dict[str, Any]:
         digest_ = hashlib.sha256()
         written = samples = 0
         with storage.atomic_open(shard_object_url(self.out_url, name), "wb") as out:
-            for url, member_bytes, count in fragments:
+            for url, member_bytes, count, _ in fragments:
                 fs, path = storage.filesystem(url)
                 with fs.open(path, "rb") as handle:  # the members only, not the end-of-archive blocks
                     chunk = handle.read(int(member_bytes))
@@ -136,6 +164,7 @@ class PackShards:
             end = tar_size(written) - written
             out.write(b"\0" * end)
             digest_.update(b"\0" * end)
+        self._write_index(name, fragments)
         sidecar = {"bytes": written + end, "sha256": digest_.hexdigest(), "samples": samples}
         storage.write_text(shard_object_url(self.out_url, name, "json"), json.dumps(sidecar, sort_keys=True))
         return sidecar
@@ -147,7 +176,7 @@ class PackShards:
         for i in items.pending():
             try:
                 sidecars[i] = json.dumps(self._pack(str(batch["key"][i]), list(batch["fragments"][i])), sort_keys=True)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, KeyError) as exc:
                 items.fail(i, f"packing shard {batch['key'][i]}: {type(exc).__name__}: {exc}")
         out = dict(batch)
         out["fragments"] = [None] * size  # nothing heavy goes back

@@ -128,17 +128,23 @@ def write_text(url: str, text: str, encoding: str = "utf-8") -> None:
 
 
 def list_files(url: str, pattern: str = "*") -> list[str]:
-    """Sorted full URLs of files under ``url`` matching the glob ``pattern`` (may contain '**')."""
+    """Sorted URLs of files under ``url`` matching the glob ``pattern`` (may contain '**').
+
+    One listing (``glob`` with details: no per-match lookups, which on an object store are one
+    request each). Each URL is ``url`` joined with the match's path below it, so it keeps the
+    caller's form (``memory://root/...``, ``s3://bucket/...``, a relative local path).
+    """
     fs, path = filesystem(url)
-    matches = fs.glob(posixpath.join(path, pattern))
-    protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
+    base = path.rstrip("/")
+    with contextlib.suppress(Exception):  # a listing cached by this process must not hide new files
+        fs.invalidate_cache(base)
+    matches = fs.glob(posixpath.join(base, pattern) if base else pattern, detail=True)
+    prefix = base + "/"
     out = []
-    for m in sorted(matches):
-        if fs.isdir(m):
+    for match, info in sorted(matches.items()):
+        if info.get("type") == "directory":
             continue
-        if protocol and not m.startswith(protocol):
-            m = protocol + m.lstrip("/") if protocol != "memory://" else protocol + m
-        out.append(m)
+        out.append(join(url, match[len(prefix):]) if match.startswith(prefix) else fs.unstrip_protocol(match))
     return out
 
 

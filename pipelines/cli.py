@@ -17,7 +17,7 @@ from labelmill.infra.config import ConfigError
 log = logging.getLogger("labelmill")
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ("run", "demo", "config", "synth", "body", "prior", "train", "keypoints", "eval", "bench", "validate", "inspect")
+COMMAND_MODULES = ("run", "demo", "config", "synth", "body", "prior", "train", "keypoints", "eval", "bench", "validate", "inspect", "versions", "gc")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

@@ -31,13 +31,16 @@ from labelmill.infra.dataset_version import DatasetVersionWriter, read_latest, r
 from labelmill.infra.engines.config import EngineConfig
 from labelmill.infra.engines import get_engine
 from labelmill.infra.formats.items import STATUS_FAILED
+from labelmill.infra.leases import run_lease
 from labelmill.infra.packing import (
+    INDEX_EXTENSION,
     SHARD_OBJECTS,
     Fragment,
     PackShards,
     ShardSpec,
     plan_shards,
     read_sidecar,
+    shard_object_url,
     stored_shard_names,
 )
 from labelmill.infra.results import RESULTS_DIR, code_fingerprint, digest
@@ -124,7 +127,7 @@ PACK_STAGE = "pack"  # the packing run's one stage (placement: engine.stages.pac
 # {input key: {"fit": path, "filter": path}} (relative to OUT): every fitted frame, kept or not.
 FITS_FILE = "fits.json"
 # What travels inline from the last stage to the driver; the fragment is stored as a file.
-_SUMMARY = {"samples": ("input_row", "index_rows")}
+_SUMMARY = {"samples": ("input_row",)}  # the index rows stay stored: the pack tasks read them
 _FILES = {"samples": {"fragment_tar": "tar"}}
 
 
@@ -165,7 +168,8 @@ def _pack(engine: Any, out_url: str, shards: list[ShardSpec],
     missing = [s for s in shards if s.name not in present]
     sidecars, seconds, received = {}, 0.0, 0
     if missing:
-        items = [{"key": s.name, "fragments": [[f.url, f.member_bytes, f.samples] for f in s.fragments]} for s in missing]
+        items = [{"key": s.name, "fragments": [[f.url, f.member_bytes, f.samples, f.key] for f in s.fragments]}
+                 for s in missing]
         pack = Pipeline(name="pack", stages=[Stage.of(PACK_STAGE, PackShards(out_url=out_url))])
         for batch in engine.run(pack, items):
             for row in batch_to_rows(batch):
@@ -260,42 +264,44 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
             log.info("pose3d: up to date: %s already holds these %d inputs with this config", url, len(items))
             return Pose3dRun(version_url=url, version_id=latest, stats=read_stats(url), up_to_date=True)
 
-    config_text = dump_yaml(cfg) + "\n# fingerprints\n" + "".join(
-        f"# {k}: {v}\n" for k, v in sorted(fingerprints(cfg).items()))
-    rows: list[dict[str, Any]] = []
-    for batch in engine.run(pipeline, items):
-        rows.extend(batch_to_rows(batch))
-    rows.sort(key=lambda r: r["key"])
-    run_stats = engine.stats.as_dict() if engine.stats is not None else {}
-    fragments, index_rows = [], {}
-    for row in rows:
-        if row.get("status") != STATUS_FAILED and row.get("num_samples"):
-            key = row[KEYS_COLUMN]["samples"]
-            fragments.append(Fragment(input_key=row["key"], key=key, url=row["fragment_tar_url"],
-                                      member_bytes=int(row["fragment_member_bytes"]), samples=int(row["num_samples"])))
-            index_rows[row["key"]] = row["index_rows"]
-    shards = plan_shards(fragments, cfg.shards)
-    packed, pack_seconds, pack_bytes = _pack(pack_engine, output_url, shards, stored_shard_names(output_url))
-    work = _work_counts(rows, stage_names)
-    work[PACK_STAGE] = {"computed": len(packed), "reused": len(shards) - len(packed)}
-    stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"], **work.get(s["name"], {})}
-              for s in run_stats.get("stages", [])}
-    stages[PACK_STAGE] = {"items": len(packed), "seconds": pack_seconds, **work[PACK_STAGE]}
-    writer = DatasetVersionWriter(output_url, shard_config=cfg.shards, config_yaml=config_text)
-    with writer:
-        for spec in shards:
-            sidecar = packed.get(spec.name) or read_sidecar(output_url, spec.name)
-            shard_rows = [r for f in spec.fragments for r in index_rows[f.input_key]]
-            writer.add_shared_shard(spec.name, f"{SHARD_OBJECTS}/{spec.name}.tar", sidecar, shard_rows)
-        writer.record_inputs([_input_row(row) for row in rows])
-        if cfg.write_fits:
-            writer.write_file(FITS_FILE, _fits_index(rows))
-        writer.write_file(RESULTS_FILE, results_table_bytes(
-            ({"input_key": r["key"], "status": r.get("status"), "keys": r.get(KEYS_COLUMN)} for r in rows), stage_names))
-        version_id = writer.commit(
-            stats={"stages": stages, "engine": engine_cfg.name, "config_digest": digest_now,
-                   "driver_bytes": int(run_stats.get("bytes_out", 0)) + pack_bytes,
-                   "wall_seconds": round(time.perf_counter() - t0, 3)})
+    # A run lease tells `labelmill gc` that results it may reuse or is writing are in use
+    # (infra/leases.py); it waits while a gc is deleting.
+    with run_lease(output_url):
+        config_text = dump_yaml(cfg) + "\n# fingerprints\n" + "".join(
+            f"# {k}: {v}\n" for k, v in sorted(fingerprints(cfg).items()))
+        rows: list[dict[str, Any]] = []
+        for batch in engine.run(pipeline, items):
+            rows.extend(batch_to_rows(batch))
+        rows.sort(key=lambda r: r["key"])
+        run_stats = engine.stats.as_dict() if engine.stats is not None else {}
+        fragments = []
+        for row in rows:
+            if row.get("status") != STATUS_FAILED and row.get("num_samples"):
+                key = row[KEYS_COLUMN]["samples"]
+                fragments.append(Fragment(input_key=row["key"], key=key, url=row["fragment_tar_url"],
+                                          member_bytes=int(row["fragment_member_bytes"]), samples=int(row["num_samples"])))
+        shards = plan_shards(fragments, cfg.shards)
+        packed, pack_seconds, pack_bytes = _pack(pack_engine, output_url, shards, stored_shard_names(output_url))
+        work = _work_counts(rows, stage_names)
+        work[PACK_STAGE] = {"computed": len(packed), "reused": len(shards) - len(packed)}
+        stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"], **work.get(s["name"], {})}
+                  for s in run_stats.get("stages", [])}
+        stages[PACK_STAGE] = {"items": len(packed), "seconds": pack_seconds, **work[PACK_STAGE]}
+        writer = DatasetVersionWriter(output_url, shard_config=cfg.shards, config_yaml=config_text)
+        with writer:
+            for spec in shards:
+                sidecar = packed.get(spec.name) or read_sidecar(output_url, spec.name)
+                writer.add_shared_shard(spec.name, f"{SHARD_OBJECTS}/{spec.name}.tar", sidecar,
+                                        index_url=shard_object_url(output_url, spec.name, INDEX_EXTENSION))
+            writer.record_inputs([_input_row(row) for row in rows])
+            if cfg.write_fits:
+                writer.write_file(FITS_FILE, _fits_index(rows))
+            writer.write_file(RESULTS_FILE, results_table_bytes(
+                ({"input_key": r["key"], "status": r.get("status"), "keys": r.get(KEYS_COLUMN)} for r in rows), stage_names))
+            version_id = writer.commit(
+                stats={"stages": stages, "engine": engine_cfg.name, "config_digest": digest_now,
+                       "driver_bytes": int(run_stats.get("bytes_out", 0)) + pack_bytes,
+                       "wall_seconds": round(time.perf_counter() - t0, 3)})
     url = version_url(output_url, version_id)
     stats = read_stats(url)
     log.info("pose3d: wrote %s (inputs %s; frames %s)", url, stats["inputs"], stats["frames"])

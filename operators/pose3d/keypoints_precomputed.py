@@ -599,6 +599,8 @@ class PrecomputedKeypoints:
         if not names:
             raise KeypointsFormatError("no key or uri to look up keypoints by")
         tried: list[str] = []
+        # Every name's file and folder first (one stat each); the flat-OpenPose glob lists a whole
+        # folder, so it comes last: one per item would make a corpus of N videos cost N listings of N.
         for name in names:
             if self.format in ("auto", "labelmill", "coco"):
                 path = posixpath.join(root, f"{name}.json")
@@ -612,7 +614,9 @@ class PrecomputedKeypoints:
                 if fs.isdir(folder):
                     shown = _display(fs, folder, self.root)
                     return shown, lambda shown=shown: read_openpose(shown), sorted(fs.find(folder))
-                parent, stem = posixpath.split(folder)
+        for name in names:
+            if self.format in ("auto", "openpose"):
+                parent, stem = posixpath.split(posixpath.join(root, name))
                 flat = sorted(
                     p for p in fs.glob(posixpath.join(parent, f"{stem}_" + "[0-9]" * 12 + _OPENPOSE_SUFFIX))
                 )

@@ -169,12 +169,13 @@ def run_plain_loop(cfg: Any, *, input_url: str, output_url: str, batch_size: int
 
 
 def measure_in_process(cfg: Any, *, run: str, input_url: str, output_url: str,
-                       loop_batch_size: int | None = None) -> dict[str, Any]:
+                       loop_batch_size: int | None = None, prestart: bool = True) -> dict[str, Any]:
     """Run ``run`` (``loop``, ``local``, ``ray`` or ``beam``) here and time it; the child's job.
 
     ``engine_init_s``: importing and starting the engine before the run (``ray.init`` of an
-    embedded cluster; importing Apache Beam). ``run_s``: the run itself. ``shutdown_s``:
-    ``ray.shutdown``. Returns a JSON-ready dict.
+    embedded cluster; importing Apache Beam), unless ``prestart`` is False (the no-change rerun:
+    it finds LATEST up to date and starts no engine, as `labelmill run` does). ``run_s``: the run
+    itself. ``shutdown_s``: ``ray.shutdown``. Returns a JSON-ready dict.
     """
     if run not in RUN_NAMES:
         raise ValueError(f"unknown bench run {run!r}; choose one of {', '.join(RUN_NAMES)}")
@@ -182,11 +183,11 @@ def measure_in_process(cfg: Any, *, run: str, input_url: str, output_url: str,
     from labelmill.infra.engines import shutdown_engine
 
     start = time.perf_counter()
-    if run == "ray":
+    if prestart and run == "ray":
         from labelmill.infra.engines.ray_engine import ensure_ray
 
         ensure_ray(dataclasses.replace(cfg.engine, name="ray"))
-    elif run == "beam":
+    elif prestart and run == "beam":
         from labelmill.infra.engines import beam_engine  # noqa: F401 - import cost is engine start-up
     engine_init_s = time.perf_counter() - start
 
@@ -231,12 +232,13 @@ def _child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="dataset root URL")
     parser.add_argument("--result", required=True, help="where to write the result JSON")
     parser.add_argument("--loop-batch-size", type=int, default=None)
+    parser.add_argument("--no-prestart", action="store_true", help="do not start the engine before the run")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     configure_logging(args.verbose, 0)
     cfg = load_config(Pose3dConfig, args.config)
     result = measure_in_process(cfg, run=args.run, input_url=args.input, output_url=args.output,
-                                loop_batch_size=args.loop_batch_size)
+                                loop_batch_size=args.loop_batch_size, prestart=not args.no_prestart)
     storage.write_text(args.result, json.dumps(result) + "\n")
     return 0
 
@@ -267,7 +269,7 @@ def _end_session(child: subprocess.Popen) -> None:
 
 
 def _measure_child(run: str, *, config_path: str, corpus: str, output: str, log_path: str,
-                   bench: PipelineBenchConfig, verbose: int) -> dict[str, Any]:
+                   bench: PipelineBenchConfig, verbose: int, prestart: bool = True) -> dict[str, Any]:
     """One run in a fresh subprocess whose process tree the parent samples."""
     from labelmill.infra.memory import TreeMemorySampler
 
@@ -276,6 +278,8 @@ def _measure_child(run: str, *, config_path: str, corpus: str, output: str, log_
                "--output", output, "--result", result_path]
     if bench.loop_batch_size is not None:
         command += ["--loop-batch-size", str(bench.loop_batch_size)]
+    if not prestart:
+        command.append("--no-prestart")
     command += ["-v"] * verbose
     load_before = _load_1m()
     log.info("bench pipeline: run %s (load %s) ...", run, load_before)
@@ -454,7 +458,8 @@ def run_pipeline_bench(cfg: Any, bench: PipelineBenchConfig, *, work_dir: str | 
                 if name != LOOP and bench.rerun:  # the same command again: nothing changed
                     result["rerun"] = _measure_child(
                         name, config_path=config_path, corpus=corpus, output=output,
-                        log_path=os.path.join(logs, f"{name}-{trial}-rerun.log"), bench=bench, verbose=verbose)
+                        log_path=os.path.join(logs, f"{name}-{trial}-rerun.log"), bench=bench, verbose=verbose,
+                        prestart=False)
                 shutil.rmtree(output, ignore_errors=True)
                 if result["frames_in"] != frames:
                     raise RuntimeError(f"bench run {name} read {result['frames_in']} frames, expected {frames}")

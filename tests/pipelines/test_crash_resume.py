@@ -149,3 +149,38 @@ def test_a_killed_run_resumes_without_redoing_stored_work_and_writes_the_same_by
     names = os.listdir(os.path.join(out, "objects", "shards"))
     assert not [n for n in names if n.startswith(".")]
     assert sorted(n[:-4] for n in names if n.endswith(".tar")) == sorted(n[:-5] for n in names if n.endswith(".json"))
+
+
+def test_a_killed_ray_worker_is_survived_within_the_run(corpus, tmp_path, env):
+    """SIGKILL a stage actor mid-run: Ray restarts it and retries its batch; the run finishes with
+    every input and the same bytes as an undisturbed run."""
+    out = str(tmp_path / "out")
+    command = _command(corpus, out, "ray")
+    with open(tmp_path / "run.log", "wb") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        victim = None
+        try:
+            deadline = time.monotonic() + 300
+            while victim is None and time.monotonic() < deadline and process.poll() is None:
+                if _stored(out, "decode") > 0:
+                    workers = [m for m in tree_members(process_table(), process.pid)
+                               if m.name.startswith("ray::MapWorker")]
+                    if workers:
+                        victim = workers[0]
+                        os.kill(victim.pid, signal.SIGKILL)
+                time.sleep(0.02)
+            code = process.wait(timeout=600)
+        finally:
+            if process.poll() is None:
+                _kill_tree(process)
+    log = open(tmp_path / "run.log", encoding="utf-8", errors="replace").read()
+    assert victim is not None, "no stage actor was seen to kill; log:\n" + log[-3000:]
+    assert code == 0, log[-3000:]
+    assert _stored(out, "fit") >= VIDEOS
+    version = dv.resolve_version(out).url
+    assert dv.read_stats(version)["inputs"]["in"] == VIDEOS
+    assert dv.read_stats(version)["inputs"].get("failed", 0) == 0
+    clean = str(tmp_path / "clean")
+    _finish(_command(corpus, clean, "local"), env)
+    assert _shard_digests(version) == _shard_digests(dv.resolve_version(clean).url)
