@@ -36,8 +36,6 @@ import re
 import time
 from typing import Any, Iterable, Iterator, Mapping
 
-import pyarrow.parquet as pq
-
 from labelmill.infra import storage
 from labelmill.infra.dataset_version import LATEST, SUCCESS, VERSIONS_DIR, read_latest, read_manifest, read_stats, \
     version_url
@@ -46,7 +44,7 @@ from labelmill.infra.leases import DEFAULT_HEARTBEAT_S, DEFAULT_STALE_AFTER_S, H
 from labelmill.infra.packing import INDEX_EXTENSION, SHARD_OBJECTS
 from labelmill.infra.results import RESULTS_DIR
 from labelmill.infra.version_list import committed_versions, modified_s, order_versions
-from labelmill.infra.version_results import INPUT_COLUMN, RESULTS_FILE, STATUS_COLUMN
+from labelmill.infra.version_results import RESULTS_FILE, read_stage_keys
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +199,6 @@ def _is_old_temporary(name: str, info: Mapping[str, Any], now: float) -> bool:
 # ----------------------------------------------------------------------------- references
 
 
-def _result_keys(version: str) -> dict[str, set[str]] | None:
-    """``{stage: result keys}`` from a version's results.parquet; None when it has none."""
-    url = storage.safe_join(version, RESULTS_FILE)
-    if not storage.exists(url):
-        return None
-    fs, path = storage.filesystem(url)
-    with fs.open(path, "rb") as handle:
-        table = pq.read_table(handle)
-    return {stage: {k for k in table.column(stage).unique().to_pylist() if k}
-            for stage in table.column_names if stage not in (INPUT_COLUMN, STATUS_COLUMN)}
-
-
 def _fits_keys(version: str) -> dict[str, set[str]]:
     """``{stage: keys}`` of the results a version's fits.json names (they are in results.parquet too)."""
     url = storage.safe_join(version, FITS_FILE)
@@ -300,7 +286,7 @@ def _plan_references(fs: Any, root: str, out_url: str, kept: list[str], categori
     for version_id in kept:
         url = version_url(out_url, version_id)
         shard_names |= _shard_names(url)
-        keys = _result_keys(url)
+        keys = read_stage_keys(url)
         if keys is None:
             result_keys = None
             notes.append(f"kept version {version_id} has no {RESULTS_FILE} (written by older code): "

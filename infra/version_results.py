@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from labelmill.infra import storage
 
-__all__ = ["RESULTS_FILE", "results_table_bytes", "read_result_keys", "chains_match"]
+__all__ = ["RESULTS_FILE", "results_table_bytes", "read_result_keys", "read_stage_keys", "chains_match"]
 
 RESULTS_FILE = "results.parquet"
 INPUT_COLUMN, STATUS_COLUMN = "input_key", "status"
@@ -47,20 +47,35 @@ def results_table_bytes(rows: Iterable[Mapping[str, Any]], stage_names: Sequence
     return sink.getvalue()
 
 
-def read_result_keys(version_url: str) -> dict[str, tuple[str, dict[str, str]]] | None:
-    """``{input_key: (status, {stage: key})}`` of a version; None when it has no results.parquet."""
+def _read_table(version_url: str) -> pa.Table | None:
     url = storage.safe_join(version_url, RESULTS_FILE)
     if not storage.exists(url):
         return None
     fs, path = storage.filesystem(url)
     with fs.open(path, "rb") as handle:
-        table = pq.read_table(handle)
+        return pq.read_table(handle)
+
+
+def read_result_keys(version_url: str) -> dict[str, tuple[str, dict[str, str]]] | None:
+    """``{input_key: (status, {stage: key})}`` of a version; None when it has no results.parquet."""
+    table = _read_table(version_url)
+    if table is None:
+        return None
     stages = [n for n in table.column_names if n not in (INPUT_COLUMN, STATUS_COLUMN)]
     inputs = table.column(INPUT_COLUMN).to_pylist()
     statuses = table.column(STATUS_COLUMN).to_pylist()
     keys = [table.column(s).to_pylist() for s in stages]
     return {name: (status, {s: k[i] for s, k in zip(stages, keys) if k[i] is not None})
             for i, (name, status) in enumerate(zip(inputs, statuses))}
+
+
+def read_stage_keys(version_url: str) -> dict[str, set[str]] | None:
+    """``{stage: every result key}`` a version references; None when it has no results.parquet."""
+    table = _read_table(version_url)
+    if table is None:
+        return None
+    return {stage: {k for k in table.column(stage).unique().to_pylist() if k}
+            for stage in table.column_names if stage not in (INPUT_COLUMN, STATUS_COLUMN)}
 
 
 def chains_match(recorded: Mapping[str, tuple[str, Mapping[str, str]]],

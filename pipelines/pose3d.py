@@ -1,15 +1,18 @@
-"""The pose3d pipeline: corpus -> decode -> keypoints -> track -> init -> bundle adjustment -> shards.
+"""The pose3d pipeline: corpus -> decode -> keypoints -> track -> init -> fit -> filter -> samples -> shards.
 
 The DAG is a plain list of engine-free operators (:class:`~labelmill.infra.pipeline.Pipeline`);
-``run_pose3d`` hands it to an engine (local, Ray Data or Beam: a flag) and writes what comes out
-as a dataset version (DESIGN.md §2): WebDataset shards of kept frames, ``index.parquet``,
-``inputs.parquet`` (every input written / filtered / failed with a reason), ``stats.json`` (the
-funnel and per-stage throughput), ``config.yaml`` (resolved config + code and model
-fingerprints), ``fits/<input>.npz`` (every fitted frame, kept or not: for evaluation and
-analysis; ``write_fits``), ``_SUCCESS``, then ``OUT/LATEST``.
+``run_pose3d`` wraps every stage so that its results are stored by the worker that computes them
+and reused by later runs (:mod:`labelmill.infra.persisted_stage`), hands it to an engine (local,
+Ray Data or Beam: a flag), has the engine pack the shards from the per-input tar fragments
+(:mod:`labelmill.infra.packing`), and commits a dataset version (DESIGN.md §2,
+docs/architecture.md): ``shards.json`` (the shared shard objects it lists), ``index.parquet``,
+``inputs.parquet`` (every input written / filtered / failed with a reason), ``results.parquet``
+(the stage result keys of every input), ``stats.json`` (the funnel, computed/reused per stage),
+``config.yaml`` (resolved config + code and model fingerprints), ``fits.json`` (where every
+fitted frame's results are; ``write_fits``), ``_SUCCESS``, then ``OUT/LATEST``.
 
-Every stage passes failed items through, so every input reaches the writer and ends in exactly
-one status. The writer sorts samples by key, so shards are byte-identical on every engine.
+Every input reaches the end in exactly one status; the driver receives small per-input
+summaries only. Shards are byte-identical on every engine, across reruns and resumes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from typing import Any
+
+import pytest
 
 from labelmill.infra.config import load_config
 from labelmill.operators.synth.config import SynthConfig
@@ -50,3 +53,18 @@ def three_versions(manifest: str, out: str) -> Versions:
     runs = tuple(run(manifest, out, *settings) for settings in VERSION_SETTINGS)
     assert not any(r.up_to_date for r in runs)
     return Versions(manifest, out, runs)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """Three committed versions of a 4-video corpus, made once per test module."""
+    manifest = write_corpus(str(tmp_path_factory.mktemp("corpus")))
+    return three_versions(manifest, str(tmp_path_factory.mktemp("pristine") / "out"))
+
+
+@pytest.fixture
+def out(pristine, tmp_path):
+    """A private copy of the three-version output root."""
+    copy = tmp_path / "out"
+    shutil.copytree(pristine.out, copy)
+    return str(copy)

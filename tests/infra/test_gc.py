@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import time
 
 import pytest
@@ -21,21 +20,9 @@ from labelmill.infra.leases import LeaseBusyError
 from labelmill.infra.validate import validate_version
 from labelmill.infra.version_results import read_result_keys
 
-from version_outputs import VERSION_SETTINGS, run, three_versions, work, write_corpus
+from version_outputs import VERSION_SETTINGS, out, pristine, run, work  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    manifest = write_corpus(str(tmp_path_factory.mktemp("corpus")))
-    return three_versions(manifest, str(tmp_path_factory.mktemp("pristine") / "out"))
-
-
-@pytest.fixture
-def out(pristine, tmp_path):
-    """A private copy of the three-version output root."""
-    copy = tmp_path / "out"
-    shutil.copytree(pristine.out, copy)
-    return str(copy)
 
 
 def files_under(root: str) -> set[str]:

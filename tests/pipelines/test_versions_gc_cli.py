@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import pytest
 
@@ -10,20 +9,9 @@ from labelmill.infra import dataset_version as dv
 from labelmill.pipelines.config import Pose3dConfig
 from labelmill.pipelines import cli
 
-from version_outputs import three_versions, write_corpus
+from version_outputs import out, pristine  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    manifest = write_corpus(str(tmp_path_factory.mktemp("corpus")))
-    return three_versions(manifest, str(tmp_path_factory.mktemp("pristine") / "out"))
-
-
-@pytest.fixture
-def out(pristine, tmp_path):
-    copy = tmp_path / "out"
-    shutil.copytree(pristine.out, copy)
-    return str(copy)
 
 
 @pytest.fixture
