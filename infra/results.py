@@ -33,12 +33,10 @@ import dataclasses
 import enum
 import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import math
 import pathlib
-import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -107,13 +105,22 @@ def config_fingerprint(operator: Any) -> Any:
     return canonical(state, type(operator).__name__)
 
 
+# The labelmill package's folder (this file is <root>/infra/results.py). Modules are found by
+# path, never by importing them: asking importlib for "labelmill.a.b.name" imports labelmill.a.b,
+# and with it whatever that module imports (Apache Beam: over a second).
+_PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
 def _module_file(name: str) -> pathlib.Path | None:
-    module = sys.modules.get(name)
-    path = getattr(module, "__file__", None)
-    if path is None:
-        spec = importlib.util.find_spec(name)
-        path = spec.origin if spec is not None else None
-    return pathlib.Path(path) if path and path.endswith(".py") else None
+    """The source file of labelmill module ``name`` (``labelmill.a.b``), or None when it is none."""
+    parts = name.split(".")
+    if parts[0] != "labelmill" or len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        return None
+    base = _PACKAGE_ROOT.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
@@ -148,10 +155,7 @@ def _module_code(name: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _is_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+    return _module_file(name) is not None
 
 
 def code_fingerprint(module_names: Iterable[str]) -> str:
