@@ -36,7 +36,8 @@ import os
 import re
 import tempfile
 import uuid
-from typing import IO, Any, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -94,6 +95,7 @@ MANIFEST_FILE = "shards.json"
 
 _VERSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _INDEX_ROW_GROUP = 65536  # rows per row group of an index streamed from shard index objects
+_INDEX_PREFETCH = 8  # shard index objects read ahead while streaming the index
 _PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
 # stats.json keys the writer computes; caller stats may not override them.
 _COMPUTED_STATS = ("schema", "version", "created_utc", "inputs", "input_reasons", "frames", "frame_reasons",
@@ -603,9 +605,15 @@ class DatasetVersionWriter:
         differently (a key that is a prefix of another's sample keys), the tables are sorted
         together instead.
         """
-        def tables() -> Iterable[pa.Table]:
-            for name, url, count in self._shared_index:
-                yield _read_index_object(url, name, count, schema)
+        def tables() -> Iterator[pa.Table]:  # read a few ahead: on an object store each is a request
+            with ThreadPoolExecutor(max_workers=_INDEX_PREFETCH) as pool:
+                pending: collections.deque = collections.deque()
+                for name, url, count in self._shared_index:
+                    pending.append(pool.submit(_read_index_object, url, name, count, schema))
+                    if len(pending) >= _INDEX_PREFETCH:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
 
         try:
             with storage.atomic_open(self._path(INDEX_FILE), "wb") as handle:
