@@ -61,6 +61,7 @@ __all__ = [
     "read_manifest",
     "file_fingerprint",
     "is_safe_key",
+    "key_from_relpath",
 ]
 
 logger = logging.getLogger(__name__)
@@ -354,14 +355,14 @@ def read_directory(
         logger.warning("no video files (%s) found in %s", ", ".join(_normalise_extensions(extensions)), source)
     rows = []
     for entry in sorted(files, key=lambda e: e.relpath):
-        key = _key_from_relpath(posixpath.splitext(entry.relpath)[0])
+        key = key_from_relpath(posixpath.splitext(entry.relpath)[0])
         rows.append(
             _Row(
                 key=key,
                 uri=entry.url,
                 fingerprint=file_fingerprint(entry.url, mode=fingerprint, info=entry.info, fs=fs, path=entry.path),
                 where=entry.relpath,
-                dup_slug=_key_from_relpath(posixpath.splitext(entry.relpath)[1].lstrip(".") or "noext"),
+                dup_slug=key_from_relpath(posixpath.splitext(entry.relpath)[1].lstrip(".") or "noext"),
             )
         )
     return _to_table(rows)
@@ -378,7 +379,7 @@ def read_video_file(source: str, *, fingerprint: FingerprintMode = "stat") -> pa
         raise CorpusError(f"{source} is a directory; use kind='directory'")
     stem = posixpath.splitext(posixpath.basename(path))[0]
     row = _Row(
-        key=_key_from_relpath(stem),
+        key=key_from_relpath(stem),
         uri=_url_for(fs, path, source),
         fingerprint=file_fingerprint(source, mode=fingerprint, info=info, fs=fs, path=path),
         where=source,
@@ -501,7 +502,7 @@ def _manifest_row(values: dict[str, Any] | str, where: str, slug: str, base: str
 
 def _derived_manifest_key(uri: str, start: float | None, end: float | None) -> str:
     stem = posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0] or "video"
-    key = _key_from_relpath(stem.replace("/", "_"))
+    key = key_from_relpath(stem.replace("/", "_"))
     if start is None and end is None:
         return key
     end_part = f"{int(end):06d}" if end is not None else "end"
@@ -516,7 +517,7 @@ def is_safe_key(key: str) -> bool:
     return bool(KEY_PATTERN.fullmatch(key))
 
 
-def _key_from_relpath(relpath: str) -> str:
+def key_from_relpath(relpath: str) -> str:
     """Safe key for a relative path without extension (see :func:`read_directory`)."""
     parts = [p for p in relpath.replace("\\", "/").split("/") if p]
     safe = "/".join(_UNSAFE_KEY_CHARS.sub("_", p) for p in parts) or "_"
