@@ -52,6 +52,7 @@ __all__ = [
     "canonical",
     "config_fingerprint",
     "code_fingerprint",
+    "package_code_hash",
     "stage_fingerprint",
     "root_key",
     "stage_key",
@@ -170,6 +171,16 @@ def code_fingerprint(module_names: Iterable[str]) -> str:
         seen[name] = code
         todo.extend(imported)
     return digest(sorted(seen.items()))
+
+
+def package_code_hash() -> str:
+    """Short hash of every labelmill source file (recorded in a version's config.yaml)."""
+    code = hashlib.sha256()
+    for folder in ("pipelines", "operators", "models", "infra"):
+        for path in sorted((_PACKAGE_ROOT / folder).rglob("*.py")):
+            code.update(str(path.relative_to(_PACKAGE_ROOT)).encode())
+            code.update(path.read_bytes())
+    return code.hexdigest()[:16]
 
 
 def stage_fingerprint(name: str, operator: Any) -> str:

@@ -8,6 +8,9 @@ columns of ``index.parquet`` and ``inputs.parquet``::
     inputs_columns:  same, for the per-input accounting table
     inspect:         columns ``labelmill inspect`` summarises
 
+JSON properties may also be ``object`` (a JSON object) or an ``array`` whose ``items`` are
+``object``; only their JSON type is checked, not their members.
+
 The writer types its parquet files from the schema (:meth:`DatasetSchema.arrow_schema`) and
 ``labelmill validate`` checks shards and tables against it (:func:`check_field`,
 :func:`check_table`). Every check returns :class:`Issue` values instead of raising, so a
@@ -51,7 +54,7 @@ _REQUIRED_INDEX_COLUMNS = (*WRITER_INDEX_COLUMNS, "input_key")
 _REQUIRED_INPUTS_COLUMNS = ("input_key", "status", "reason", "frames_in", "frames_fitted", "frames_written")
 
 _KINDS = ("jpeg", "png", "json", "npz")
-_VALUE_TYPES = ("string", "integer", "number", "boolean", "array")
+_VALUE_TYPES = ("string", "integer", "number", "boolean", "array", "object")
 _ARROW_TYPES = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_()}
 _MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
@@ -181,7 +184,7 @@ def _parse_value(name: str, spec: Mapping[str, Any], where: str) -> ValueSpec:
     if enum is not None and not isinstance(enum, list):
         raise SchemaError(f"{where}.enum must be a list, got {enum!r}")
     items = spec.get("items")
-    if value_type == "array" and items not in ("string", "integer", "number", "boolean"):
+    if value_type == "array" and items not in ("string", "integer", "number", "boolean", "object"):
         raise SchemaError(f"{where}.items must name the element type of an array, got {items!r}")
     return ValueSpec(
         name=name,
@@ -200,8 +203,8 @@ def _parse_columns(document: Mapping[str, Any], key: str, required: tuple[str, .
     specs = []
     for name, spec in columns.items():
         parsed = _parse_value(name, spec, f"{where}.{key}.{name}")
-        if parsed.type == "array":
-            raise SchemaError(f"{where}.{key}.{name}: parquet columns must be scalars, not arrays")
+        if parsed.type in ("array", "object"):
+            raise SchemaError(f"{where}.{key}.{name}: parquet columns must be scalars, not {parsed.type}s")
         specs.append(parsed)
     missing = [c for c in required if c not in columns]
     if missing:

@@ -20,6 +20,10 @@ from labelmill.operators.pose3d.keypoints_backend import KeypointsConfig
 from labelmill.operators.pose3d.noisy_init import NoisyInitConfig
 from labelmill.operators.pose3d.samples import Pose3dSampleConfig
 from labelmill.infra.formats.shards import ShardConfig
+from labelmill.infra.segmentation_corpus import SegmentationInputConfig
+from labelmill.operators.segmentation.box_labels import BoxLabelConfig
+from labelmill.operators.segmentation.images import ImageConfig
+from labelmill.operators.segmentation.samples import SegmentationFilterConfig
 from labelmill.operators.synth.config import SynthConfig
 from labelmill.operators.pose3d.tracking import TrackingConfig
 
@@ -45,7 +49,20 @@ class Pose3dConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)  # synthetic world (demo, eval, bench)
 
 
-PIPELINE_CONFIGS: dict[str, type] = {"pose3d": Pose3dConfig}
+@dataclass
+class SegmentationConfig:
+    """segmentation: corpus (COCO / VOC) -> decode -> things from boxes -> filter + samples -> shards."""
+
+    seed: int = 0  # global seed (GrabCut's own seed is things.seed)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # local | ray | beam, resources per stage
+    input: SegmentationInputConfig = field(default_factory=SegmentationInputConfig)  # boxes and tags from annotations
+    image: ImageConfig = field(default_factory=ImageConfig)  # max side, JPEG quality
+    things: BoxLabelConfig = field(default_factory=BoxLabelConfig)  # GrabCut + second cue per box
+    filter: SegmentationFilterConfig = field(default_factory=SegmentationFilterConfig)  # quality filter
+    shards: ShardConfig = field(default_factory=ShardConfig)  # shard size and naming
+
+
+PIPELINE_CONFIGS: dict[str, type] = {"pose3d": Pose3dConfig, "segmentation": SegmentationConfig}
 
 
 def config_class(pipeline: str) -> type:

@@ -31,7 +31,7 @@ from labelmill.infra.engines.config import EngineConfig
 from labelmill.infra.formats.items import STATUS_FAILED
 from labelmill.infra.persisted_stage import KEYS_COLUMN, WORK_COLUMN
 from labelmill.infra.pipeline import Pipeline, Stage
-from labelmill.infra.results import RESULTS_DIR, code_fingerprint, digest
+from labelmill.infra.results import RESULTS_DIR, code_fingerprint, digest, package_code_hash
 from labelmill.infra.versioned_run import VersionedRun, VersionedRunSpec, run_versioned
 from labelmill.operators.common.decode import DecodeVideo
 from labelmill.operators.pose3d.bundle_adjust import BundleAdjust
@@ -87,14 +87,8 @@ def _sha256_file(path: Path) -> str:
 
 def fingerprints(cfg: Any) -> dict[str, str]:
     """Short hashes of the code and of every model file a run uses (recorded in config.yaml)."""
-    package_root = Path(__file__).resolve().parent.parent
-    code = hashlib.sha256()
-    for folder in ("pipelines", "operators", "models", "infra"):
-        for path in sorted((package_root / folder).rglob("*.py")):
-            code.update(str(path.relative_to(package_root)).encode())
-            code.update(path.read_bytes())
-    data = package_root / "models" / "data"
-    out = {"code": code.hexdigest()[:16]}
+    data = Path(__file__).resolve().parent.parent / "models" / "data"
+    out = {"code": package_code_hash()}
     out["prior"] = _sha256_file(Path(cfg.prior.path)) if cfg.prior.path else "embedded:" + _sha256_file(
         data / "gmm_prior_default.npz")
     out["keypoint_initializer"] = (_sha256_file(Path(cfg.keypoint_init.weights)) if cfg.keypoint_init.weights

@@ -8,7 +8,7 @@ from typing import Any
 
 # Names of the pipelines with a config (keys of pipelines.config.PIPELINE_CONFIGS). Kept here so
 # that building the CLI does not import every component (torch, smplx, ...): ~1.5 s per command.
-PIPELINE_NAMES = ("pose3d",)
+PIPELINE_NAMES = ("pose3d", "segmentation")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

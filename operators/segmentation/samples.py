@@ -1,0 +1,184 @@
+"""Segmentation samples: one sample per labelled image, one ``inputs.parquet`` row per image.
+
+:class:`BuildSegmentationSamples` reads the work item (``key``, ``image_id``, ``file_name``,
+``tags``, ``boxes``, ``dropped``), the decoded image (``image_jpeg``, ``image_width``,
+``image_height``, ``scale_x``) and the labels (:data:`~labelmill.operators.segmentation.things.LABEL_COLUMNS`
+plus the :class:`~labelmill.operators.segmentation.things.BoxThings` statistics) and writes, like
+pose3d's :class:`~labelmill.operators.pose3d.samples.BuildSamples`:
+
+* ``fragment_tar``: a tar with the image's sample (members ``<member key>.jpg``, ``.inst.png``,
+  ``.json``, ``.sem.png``: the layout of ``infra/schemas/segmentation.json``), None when the
+  image is filtered; packing copies its first ``fragment_member_bytes`` bytes into a shard;
+* ``fragment_member_bytes``, ``num_samples`` (1 or 0);
+* ``input_row``: the image's ``inputs.parquet`` row; ``index_rows``: its ``index.parquet`` row
+  (without ``shard``).
+
+Filters (:class:`SegmentationFilterConfig`, ``filter.*``), each making the input ``filtered``
+with a reason and no sample: ``no_boxes`` (no thing box: stuff from tags is not labelled yet),
+``no_segments`` (no box got agreed pixels), ``ignore_fraction <f> > max_ignore_fraction <m>``
+(too many of the box pixels are ignore: the cues disagreed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Mapping
+
+from labelmill.infra.formats.items import STATUS_FAILED, STATUS_FILTERED, STATUS_WRITTEN, ItemStatus
+from labelmill.infra.formats.shards import Sample, encode_json, sample_tar_size, tar_bytes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SegmentationFilterConfig", "BuildSegmentationSamples", "image_sample", "failed_input_row",
+           "KEPT", "NO_BOXES", "NO_SEGMENTS"]
+
+KEPT, NO_BOXES, NO_SEGMENTS = "kept", "no_boxes", "no_segments"
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationFilterConfig:
+    """Quality filter of segmentation samples (``filter.*``)."""
+
+    # An image whose ignore pixels exceed this fraction of its box pixels is filtered.
+    max_ignore_fraction: float = 0.5
+    # An image needs at least this many labelled instances.
+    min_segments: int = 1
+
+    def __post_init__(self) -> None:
+        value = self.max_ignore_fraction
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"SegmentationFilterConfig.max_ignore_fraction must be a number in 0..1, got {value!r}")
+        if isinstance(self.min_segments, bool) or not isinstance(self.min_segments, int) or self.min_segments < 1:
+            raise ValueError(f"SegmentationFilterConfig.min_segments must be an integer >= 1, got {self.min_segments!r}")
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _length(value: Any) -> int:
+    return 0 if value is None else len(value)
+
+
+def failed_input_row(input_key: str, reason: str, *, image_id: Any = None, file_name: Any = None,
+                     boxes_in: int = 0, boxes_dropped: int = 0, decoded: bool = False) -> dict[str, Any]:
+    """The inputs.parquet row of an image that failed before it was labelled."""
+    return {
+        "input_key": str(input_key), "status": STATUS_FAILED, "reason": str(reason) if reason else "failed",
+        "image_id": _opt_int(image_id), "file_name": _opt_str(file_name), "width": None, "height": None,
+        "boxes_in": int(boxes_in), "boxes_dropped": int(boxes_dropped), "boxes_labelled": 0, "boxes_ignored": 0,
+        "boxes_skipped": 0, "ignore_fraction": None, "labelled_fraction": None,
+        "frames_in": int(bool(decoded)), "frames_fitted": 0, "frames_written": 0,
+    }
+
+
+def image_sample(row: Mapping[str, Any], *, config: SegmentationFilterConfig) -> tuple[Sample | None, dict[str, Any]]:
+    """``(sample or None, inputs.parquet row)`` of one labelled image (module docstring)."""
+    key = str(row["key"])
+    for name in ("image_jpeg", "sem_png", "inst_png", "segments", "image_width", "image_height"):
+        if row.get(name) is None:
+            raise ValueError(f"image {key!r}: column {name!r} is missing (were DecodeImage and BoxThings run?)")
+    segments = [dict(s) for s in row["segments"]]
+    width, height = int(row["image_width"]), int(row["image_height"])
+    ignore_fraction = _opt_float(row.get("ignore_fraction"))
+    labelled_fraction = _opt_float(row.get("labelled_fraction"))
+    boxes_in = _length(row.get("boxes"))
+    quality = {
+        "ignore_fraction_of_boxes": ignore_fraction, "labelled_fraction": labelled_fraction, "boxes_in": boxes_in,
+        "boxes_labelled": int(row.get("boxes_labelled") or 0), "boxes_ignored": int(row.get("boxes_ignored") or 0),
+        "boxes_skipped": int(row.get("boxes_skipped") or 0),
+    }
+    if boxes_in == 0:
+        status, reason = STATUS_FILTERED, NO_BOXES
+    elif len(segments) < config.min_segments:
+        status, reason = STATUS_FILTERED, NO_SEGMENTS
+    elif ignore_fraction is not None and ignore_fraction > config.max_ignore_fraction:
+        status, reason = STATUS_FILTERED, (f"ignore_fraction {ignore_fraction:.3f} > max_ignore_fraction "
+                                           f"{config.max_ignore_fraction:g}")
+    else:
+        status, reason = STATUS_WRITTEN, KEPT
+    sample = None
+    if status == STATUS_WRITTEN:
+        document = {
+            "key": key, "image_id": _opt_int(row.get("image_id")), "file_name": _opt_str(row.get("file_name")),
+            "width": width, "height": height, "scale": float(row.get("scale_x") or 1.0),
+            "tags": [str(t) for t in (row.get("tags") if row.get("tags") is not None else [])],
+            "segments": segments, "quality": quality,
+        }
+        sample = Sample(
+            key=key,
+            fields={"jpg": bytes(row["image_jpeg"]), "sem.png": bytes(row["sem_png"]),
+                    "inst.png": bytes(row["inst_png"]), "json": encode_json(document)},
+            index={"input_key": key, "image_id": _opt_int(row.get("image_id")), "width": width, "height": height,
+                   "num_segments": len(segments), "ignore_fraction": float(ignore_fraction or 0.0)},
+        )
+    input_row = {
+        "input_key": key, "status": status, "reason": reason, "image_id": _opt_int(row.get("image_id")),
+        "file_name": _opt_str(row.get("file_name")), "width": width, "height": height, "boxes_in": boxes_in,
+        "boxes_dropped": _length(row.get("dropped")), "boxes_labelled": quality["boxes_labelled"],
+        "boxes_ignored": quality["boxes_ignored"], "boxes_skipped": quality["boxes_skipped"],
+        "ignore_fraction": ignore_fraction, "labelled_fraction": labelled_fraction,
+        "frames_in": 1, "frames_fitted": 1, "frames_written": int(sample is not None),
+    }
+    return sample, input_row
+
+
+class BuildSegmentationSamples:
+    """Operator: each labelled image as a tar fragment in the final member layout (module docstring)."""
+
+    resources = {"num_cpus": 0.25, "num_gpus": 0.0, "batch_size": 8}
+    reads = ("key", "image_id", "file_name", "tags", "boxes", "dropped", "image_jpeg", "image_width", "image_height",
+             "scale_x", "sem_png", "inst_png", "segments", "boxes_labelled", "boxes_ignored", "boxes_skipped",
+             "ignore_fraction", "labelled_fraction")
+    writes = ("fragment_tar", "fragment_member_bytes", "num_samples", "input_row", "index_rows")
+
+    def __init__(self, *, filter: SegmentationFilterConfig | None = None) -> None:
+        self.filter = filter or SegmentationFilterConfig()
+
+    def setup(self) -> None:
+        """Nothing to load."""
+
+    def _one(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        sample, input_row = image_sample(row, config=self.filter)
+        samples = [sample] if sample is not None else []
+        index_rows = [{**dict(s.index), "key": s.key, "member_key": s.member_key, "num_bytes": sample_tar_size(s)}
+                      for s in samples]
+        return {
+            "fragment_tar": tar_bytes(samples) if samples else None,
+            "fragment_member_bytes": int(sum(r["num_bytes"] for r in index_rows)),
+            "num_samples": len(samples),
+            "input_row": input_row,
+            "index_rows": index_rows,
+        }
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        items = ItemStatus.of(batch)
+        size = len(items)
+        columns: dict[str, list] = {name: [None] * size for name in self.writes}
+        for i in items.pending():
+            row = {name: batch[name][i] for name in self.reads if name in batch}
+            row["key"] = items.keys[i]
+            try:
+                built = self._one(row)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("%s", exc)
+                items.fail(i, str(exc))
+                continue
+            for name in self.writes:
+                columns[name][i] = built[name]
+        result = dict(batch)
+        result.update(columns)
+        return items.write(result)
