@@ -16,8 +16,11 @@ When a run ends every input is ``written``, ``filtered`` or ``failed`` (``inputs
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "STATUS_PENDING",
@@ -84,3 +87,24 @@ class ItemStatus:
         out["status"] = list(self.status)
         out["reason"] = list(self.reason)
         return out
+
+    def map_pending(self, batch: Mapping[str, Sequence[Any]], writes: Sequence[str],
+                    compute: Callable[[int], Mapping[str, Any]],
+                    errors: tuple[type[BaseException], ...] = (ValueError,)) -> dict[str, Any]:
+        """``batch`` plus the ``writes`` columns from ``compute(i)`` for every pending item ``i``.
+
+        ``compute`` returns ``{column: value}`` for the ``writes`` columns; one of ``errors``
+        fails that item with its message (logged) and leaves its columns None; failed items are
+        not computed. Statuses and reasons are written into the result.
+        """
+        columns: dict[str, list] = {name: [None] * len(self) for name in writes}
+        for i in self.pending():
+            try:
+                out = compute(i)
+            except errors as exc:
+                log.warning("%s", exc)
+                self.fail(i, str(exc))
+                continue
+            for name in writes:
+                columns[name][i] = out[name]
+        return self.write({**batch, **columns})

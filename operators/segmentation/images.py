@@ -25,7 +25,6 @@ Output columns per pending item: ``image_jpeg`` (bytes), ``image_width``, ``imag
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Sequence
 
 import cv2
@@ -34,7 +33,6 @@ import numpy as np
 from labelmill.infra import storage
 from labelmill.infra.formats.items import ItemStatus
 
-log = logging.getLogger(__name__)
 
 __all__ = ["ImageConfig", "DecodeImage", "decode_image_bytes", "resize_to_max_side", "scale_boxes", "JPEG_MAGIC"]
 
@@ -146,22 +144,12 @@ class DecodeImage:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         items = ItemStatus.of(batch)
-        size = len(items)
-        columns: dict[str, list] = {name: [None] * size for name in self.writes}
 
         def get(name: str, i: int) -> Any:
             column = batch.get(name)
             return None if column is None else column[i]
 
-        for i in items.pending():
-            try:
-                out = self._one(str(items.keys[i]), get("uri", i), get("boxes", i), get("width", i), get("height", i))
-            except ValueError as exc:
-                log.warning("%s", exc)
-                items.fail(i, str(exc))
-                continue
-            for name in self.writes:
-                columns[name][i] = out[name]
-        result = dict(batch)
-        result.update(columns)
-        return items.write(result)
+        def one(i: int) -> dict[str, Any]:
+            return self._one(str(items.keys[i]), get("uri", i), get("boxes", i), get("width", i), get("height", i))
+
+        return items.map_pending(batch, self.writes, one)

@@ -22,14 +22,12 @@ with a reason and no sample: ``no_boxes`` (no thing box: stuff from tags is not 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from typing import Any, Mapping
 
 from labelmill.infra.formats.items import STATUS_FAILED, STATUS_FILTERED, STATUS_WRITTEN, ItemStatus
 from labelmill.infra.formats.shards import Sample, encode_json, sample_tar_size, tar_bytes
 
-log = logging.getLogger(__name__)
 
 __all__ = ["SegmentationFilterConfig", "BuildSegmentationSamples", "image_sample", "failed_input_row",
            "KEPT", "NO_BOXES", "NO_SEGMENTS"]
@@ -166,19 +164,10 @@ class BuildSegmentationSamples:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         items = ItemStatus.of(batch)
-        size = len(items)
-        columns: dict[str, list] = {name: [None] * size for name in self.writes}
-        for i in items.pending():
+
+        def one(i: int) -> dict[str, Any]:
             row = {name: batch[name][i] for name in self.reads if name in batch}
             row["key"] = items.keys[i]
-            try:
-                built = self._one(row)
-            except (ValueError, TypeError, KeyError) as exc:
-                log.warning("%s", exc)
-                items.fail(i, str(exc))
-                continue
-            for name in self.writes:
-                columns[name][i] = built[name]
-        result = dict(batch)
-        result.update(columns)
-        return items.write(result)
+            return self._one(row)
+
+        return items.map_pending(batch, self.writes, one, errors=(ValueError, TypeError, KeyError))

@@ -29,7 +29,6 @@ reads the names in :data:`LABEL_COLUMNS`.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Sequence
 
@@ -40,7 +39,6 @@ from labelmill.infra.formats.items import ItemStatus
 from labelmill.operators.segmentation.box_labels import IGNORE, BoxLabelConfig, box_labels
 from labelmill.operators.segmentation.images import decode_image_bytes
 
-log = logging.getLogger(__name__)
 
 __all__ = ["BoxThings", "LABEL_COLUMNS", "encode_png", "decode_png", "image_things", "SOURCE_GRABCUT"]
 
@@ -160,18 +158,8 @@ class BoxThings:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         items = ItemStatus.of(batch)
-        size = len(items)
-        columns: dict[str, list] = {name: [None] * size for name in self.writes}
-        for i in items.pending():
-            row = {name: batch[name][i] for name in self.reads if name in batch}
-            try:
-                out = self._one(str(items.keys[i]), row)
-            except (ValueError, cv2.error) as exc:
-                log.warning("%s", exc)
-                items.fail(i, str(exc))
-                continue
-            for name in self.writes:
-                columns[name][i] = out[name]
-        result = dict(batch)
-        result.update(columns)
-        return items.write(result)
+
+        def one(i: int) -> dict[str, Any]:
+            return self._one(str(items.keys[i]), {name: batch[name][i] for name in self.reads if name in batch})
+
+        return items.map_pending(batch, self.writes, one, errors=(ValueError, cv2.error))
