@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     register_pose3d_eval(sub)
 
+    from labelmill.pipelines.segmentation_eval import register_segmentation_eval
+
+    register_segmentation_eval(sub)
+
 
 def _ablation(args: argparse.Namespace) -> int:
     from labelmill.pipelines.experiments.ablation import ablation_rows, make_experiment_data
