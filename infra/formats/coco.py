@@ -96,6 +96,18 @@ class CocoDocument:
     categories: tuple[CocoCategory, ...]
 
 
+def _bounded_text(data: bytes | str, max_bytes: int, what: str, error: type[Exception]) -> str:
+    """``data`` as text, refused (``error``) over ``max_bytes`` or when it is not UTF-8."""
+    if len(data) > max_bytes:
+        raise error(f"{what} is {len(data)} bytes, over the limit of {max_bytes}")
+    if isinstance(data, bytes):
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise error(f"{what} is not UTF-8: {exc}") from exc
+    return data
+
+
 def parse_coco_instances(data: str | bytes, *, max_bytes: int = DEFAULT_COCO_MAX_BYTES) -> CocoDocument:
     """Parse a COCO instances document (``images``, ``annotations``, ``categories``).
 
@@ -104,14 +116,7 @@ def parse_coco_instances(data: str | bytes, *, max_bytes: int = DEFAULT_COCO_MAX
     Unknown top-level keys and unknown entry fields (``info``, ``licenses``, ``coco_url``...)
     are ignored. Raises :class:`CocoFormatError`.
     """
-    size = len(data)
-    if size > max_bytes:
-        raise CocoFormatError(f"COCO document is {size} bytes, over the limit of {max_bytes}")
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise CocoFormatError(f"COCO document is not UTF-8: {exc}") from exc
+    data = _bounded_text(data, max_bytes, "COCO document", CocoFormatError)
     try:
         doc = json.loads(data)
     except json.JSONDecodeError as exc:
@@ -289,15 +294,7 @@ def parse_voc_xml(data: str | bytes, *, max_bytes: int = DEFAULT_VOC_MAX_BYTES) 
     ``<size>`` is optional (width/height None when absent or 0, as some exporters write);
     ``difficult``/``truncated`` default to 0. Numbers may be written as floats ("12.0").
     """
-    if len(data) > max_bytes:
-        raise VocFormatError(f"VOC annotation is {len(data)} bytes, over the limit of {max_bytes}")
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise VocFormatError(f"VOC annotation is not UTF-8: {exc}") from exc
-    else:
-        text = data
+    text = _bounded_text(data, max_bytes, "VOC annotation", VocFormatError)
     upper = text.upper()
     for marker in ("<!DOCTYPE", "<!ENTITY"):
         if marker in upper:

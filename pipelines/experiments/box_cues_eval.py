@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    print(markdown_table(evaluate_box_cues(args.corpus, limit=args.limit, workers=args.workers)))
+    sys.stdout.write(markdown_table(evaluate_box_cues(args.corpus, limit=args.limit, workers=args.workers)) + "\n")
     return 0
 
 

@@ -5,13 +5,15 @@ its per-image ``tags``, runs Grad-CAM for every present tag, thresholds the maps
 masks and scores them against the GT sem masks on stuff pixels only (thing pixels are
 "ignore"). The baseline gives every pixel the present tag the classifier scores highest (an
 image with one tag is then exactly right); it labels every pixel. Both are given the GT tags
-of the image, as the pipeline is. ``main()`` runs the numbers
+of the image, as the pipeline is. ``main(argv)`` (``python -m labelmill.pipelines.experiments.gradcam_eval WORK_DIR``) runs the numbers
 quoted in docs/segmentation.md ("Stuff from tags").
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -134,11 +136,15 @@ def _summary(scores: dict[str, Any]) -> dict[str, float]:
     return {k: float(scores[k]) for k in ("miou", "pixel_accuracy", "labelled_fraction")}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """``python -m labelmill.pipelines.experiments.gradcam_eval WORK_DIR``: the measurement, as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work_dir", help="where the synthetic corpus is written (reused when present)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    out = evaluate_gradcam_stuff("/tmp/gradcam_eval_corpus")
-    print(json.dumps(out, indent=1))
+    sys.stdout.write(json.dumps(evaluate_gradcam_stuff(args.work_dir), indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -30,17 +30,6 @@ def corpus(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _digest(version_url):
     """sha256 of every shard, of the fit results fits.json names, and of the parquet files."""
     files = {url.rsplit("/", 1)[1]: url for url in dv.shard_urls(version_url)}

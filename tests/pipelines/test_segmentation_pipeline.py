@@ -49,17 +49,6 @@ def local_run(corpus, tmp_path_factory):
     return out, _run(corpus, out, engine_name="local")
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _samples(version_url):
     """{sample key: {extension: bytes}} of every shard of a version."""
     out = {}
