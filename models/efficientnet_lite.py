@@ -43,6 +43,7 @@ __all__ = [
     "imagenet_normalize",
     "pretrained_weights_path",
     "load_checked_state_dict",
+    "check_state_dict",
     "WeightFileError",
 ]
 
@@ -207,23 +208,30 @@ def load_checked_state_dict(model: nn.Module, path: str, *, what: str = "Efficie
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # the restricted unpickler refuses anything but tensors/containers
         raise WeightFileError(f"{what} {path} could not be read as a tensor state dict: {exc}") from exc
+    check_state_dict(model, state, source=f"{what} {path}")
+    model.load_state_dict(state, strict=True)
+
+
+def check_state_dict(model: nn.Module, state: object, *, source: str) -> None:
+    """Raise :class:`WeightFileError` naming ``source`` and the first key that does not fit ``model``.
+
+    Every key of the model must be in ``state`` as a tensor of the same shape, and ``state``
+    may hold no other key.
+    """
     if not isinstance(state, Mapping):
-        raise WeightFileError(f"{what} {path} holds a {type(state).__name__}, not a state dict")
+        raise WeightFileError(f"{source} holds a {type(state).__name__}, not a state dict")
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key not in state:
-            raise WeightFileError(f"{what} {path} lacks key {key!r} (expected shape {tuple(tensor.shape)})")
+            raise WeightFileError(f"{source} lacks key {key!r} (expected shape {tuple(tensor.shape)})")
         value = state[key]
         if not isinstance(value, torch.Tensor):
-            raise WeightFileError(f"{what} {path}: key {key!r} is a {type(value).__name__}, not a tensor")
+            raise WeightFileError(f"{source}: key {key!r} is a {type(value).__name__}, not a tensor")
         if tuple(value.shape) != tuple(tensor.shape):
-            raise WeightFileError(
-                f"{what} {path}: key {key!r} has shape {tuple(value.shape)}, the model expects {tuple(tensor.shape)}"
-            )
+            raise WeightFileError(f"{source}: key {key!r} has shape {tuple(value.shape)}, the model expects {tuple(tensor.shape)}")
     extra = [k for k in state if k not in expected]
     if extra:
-        raise WeightFileError(f"{what} {path} has unexpected key {extra[0]!r} ({len(extra)} unexpected in all)")
-    model.load_state_dict(state, strict=True)
+        raise WeightFileError(f"{source} has unexpected key {extra[0]!r} ({len(extra)} unexpected in all)")
 
 
 def efficientnet_lite0(pretrained: bool = True, *, weights_path: str | None = None) -> EfficientNetLite:

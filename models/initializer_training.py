@@ -32,12 +32,11 @@ world's motion library and detector-noise function.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import time
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -47,6 +46,7 @@ from smplx.lbs import batch_rodrigues
 from labelmill.models import body_kernels, coco
 from labelmill.models.body_model import BodyModel
 from labelmill.models.camera import project
+from labelmill.models.device import torch_threads
 from labelmill.models.keypoint_initializer import (
     NUM_ROTATIONS,
     InitializerNetConfig,
@@ -70,7 +70,6 @@ __all__ = [
     "mean_parameters",
     "initializer_losses",
     "train_initializer",
-    "torch_threads",
     "describe",
 ]
 
@@ -339,17 +338,6 @@ def initializer_losses(
 
 
 # --------------------------------------------------------------------------- loop
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run torch with ``count`` intra-op threads inside the block, restoring the setting after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _batch_rng(seed: int, step: int) -> np.random.Generator:

@@ -3,19 +3,36 @@
 ``MultiLabelClassifier``: backbone features ``(B, 1280, h, w)`` -> global average pool ->
 linear ``(B, num_tags)`` logits; a tag's probability is the sigmoid of its logit and training
 uses binary cross-entropy per tag. ``gradcam_layer`` is the module whose output is the last
-feature map (pass it to :func:`labelmill.models.gradcam.gradcam`).
+feature map (pass it to :func:`labelmill.models.gradcam.gradcam`); ``layer("block10")`` the
+output of MBConv block 10 (stride 16), the one the stuff masks use.
+
+Classifier files (:func:`classifier_bytes` / :func:`load_classifier`) are one ``torch.save`` of
+plain containers: ``{"format": "labelmill-multilabel-classifier", "version": 1, "backbone",
+"tags": [names], "input_size": int, "meta": {str: str | int | float}, "state_dict": {name: tensor}}``.
+They are read only with ``torch.load(weights_only=True)`` (PyTorch's restricted unpickler), and
+every field, key and shape is checked before the weights are loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
+from typing import Any
+
 import torch
 from torch import nn
 
-from labelmill.models.efficientnet_lite import efficientnet_lite0, imagenet_normalize
+from labelmill.models.efficientnet_lite import WeightFileError, check_state_dict, efficientnet_lite0, imagenet_normalize
+from labelmill.models.model_files import read_model_bytes
 
-__all__ = ["MultiLabelClassifier", "train_multilabel", "imagenet_normalize", "BACKBONES"]
+__all__ = ["MultiLabelClassifier", "train_multilabel", "imagenet_normalize", "BACKBONES", "LAYERS",
+           "CLASSIFIER_FORMAT", "LoadedClassifier", "classifier_bytes", "load_classifier", "WeightFileError"]
 
 BACKBONES = ("efficientnet_lite0",)
+# Grad-CAM layers by name: the head (stride 32) and MBConv block 10's output (stride 16).
+LAYERS = ("head", "block10")
+CLASSIFIER_FORMAT = "labelmill-multilabel-classifier"
+_CLASSIFIER_VERSION = 1
 
 
 class MultiLabelClassifier(nn.Module):
@@ -37,6 +54,14 @@ class MultiLabelClassifier(nn.Module):
     @property
     def gradcam_layer(self) -> nn.Module:
         return self.backbone.head_layer
+
+    def layer(self, name: str) -> nn.Module:
+        """The module of a Grad-CAM layer named in :data:`LAYERS`."""
+        if name == "head":
+            return self.backbone.head_layer
+        if name == "block10":
+            return self.backbone._blocks[10]
+        raise ValueError(f"Grad-CAM layer {name!r} is not one of {LAYERS}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pooled = self.backbone.features(images).mean(dim=(2, 3))
@@ -106,3 +131,58 @@ def train_multilabel(
         losses.append(total / n)
     model.eval()
     return losses
+
+
+@dataclasses.dataclass
+class LoadedClassifier:
+    """A classifier file's model (eval mode, CPU), its tag names (logit order) and input side."""
+
+    model: MultiLabelClassifier
+    tags: list[str]
+    input_size: int
+    meta: dict[str, Any]
+
+
+def classifier_bytes(model: MultiLabelClassifier, tags: list[str], *, input_size: int,
+                     meta: dict[str, Any] | None = None) -> bytes:
+    """The bytes of a classifier file (module docstring) for ``model`` trained on ``tags``."""
+    if len(tags) != model.num_tags or len(set(tags)) != len(tags):
+        raise ValueError(f"{len(tags)} tag names (unique: {len(set(tags))}) for a model with {model.num_tags} tags")
+    meta = dict(meta or {})
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
+            raise ValueError(f"classifier meta {k!r}: only str keys and str/int/float/bool values are stored")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({"format": CLASSIFIER_FORMAT, "version": _CLASSIFIER_VERSION, "backbone": "efficientnet_lite0",
+                "tags": [str(t) for t in tags], "input_size": int(input_size), "meta": meta, "state_dict": state},
+               buffer)
+    return buffer.getvalue()
+
+
+def load_classifier(path: str) -> LoadedClassifier:
+    """Read and check a classifier file (any fsspec URL); :class:`WeightFileError` names what is wrong."""
+    what = f"classifier file {path}"
+    data = read_model_bytes(path, what="classifier file")
+    try:
+        doc = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # the restricted unpickler refuses anything but tensors/containers
+        raise WeightFileError(f"{what} could not be read as a labelmill classifier: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != CLASSIFIER_FORMAT:
+        raise WeightFileError(f"{what} is not a labelmill classifier (no format {CLASSIFIER_FORMAT!r}; "
+                              "write one with `labelmill train classifier`)")
+    if doc.get("version") != _CLASSIFIER_VERSION:
+        raise WeightFileError(f"{what} has version {doc.get('version')!r}; this labelmill reads {_CLASSIFIER_VERSION}")
+    tags, size, backbone = doc.get("tags"), doc.get("input_size"), doc.get("backbone")
+    if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags) or len(set(tags)) != len(tags):
+        raise WeightFileError(f"{what}: 'tags' must be a non-empty list of unique names")
+    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 4096:
+        raise WeightFileError(f"{what}: 'input_size' must be an integer in 32..4096, got {size!r}")
+    if backbone not in BACKBONES:
+        raise WeightFileError(f"{what}: backbone {backbone!r} is not one of {BACKBONES}")
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+    model = MultiLabelClassifier(len(tags), backbone=backbone, pretrained=False)
+    check_state_dict(model, doc.get("state_dict"), source=what)
+    model.load_state_dict(doc["state_dict"], strict=True)
+    model.pretrained_loaded = True  # trained weights: BatchNorm statistics are real
+    return LoadedClassifier(model=model.eval(), tags=list(tags), input_size=size, meta=dict(meta))

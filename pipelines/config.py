@@ -22,8 +22,10 @@ from labelmill.operators.pose3d.samples import Pose3dSampleConfig
 from labelmill.infra.formats.shards import ShardConfig
 from labelmill.infra.segmentation_corpus import SegmentationInputConfig
 from labelmill.operators.segmentation.box_labels import BoxLabelConfig
+from labelmill.operators.segmentation.crf_refine import SegmentationCRFConfig
 from labelmill.operators.segmentation.images import ImageConfig
 from labelmill.operators.segmentation.samples import SegmentationFilterConfig
+from labelmill.operators.segmentation.stuff import StuffConfig
 from labelmill.operators.synth.config import SynthConfig
 from labelmill.operators.pose3d.tracking import TrackingConfig
 
@@ -51,13 +53,15 @@ class Pose3dConfig:
 
 @dataclass
 class SegmentationConfig:
-    """segmentation: corpus (COCO / VOC) -> decode -> things from boxes -> filter + samples -> shards."""
+    """segmentation: corpus (COCO / VOC) -> decode -> things from boxes -> stuff from tags -> [CRF] -> filter + samples -> shards."""
 
     seed: int = 0  # global seed (GrabCut's own seed is things.seed)
     engine: EngineConfig = field(default_factory=EngineConfig)  # local | ray | beam, resources per stage
     input: SegmentationInputConfig = field(default_factory=SegmentationInputConfig)  # boxes and tags from annotations
     image: ImageConfig = field(default_factory=ImageConfig)  # max side, JPEG quality
     things: BoxLabelConfig = field(default_factory=BoxLabelConfig)  # GrabCut + second cue per box
+    stuff: StuffConfig = field(default_factory=StuffConfig)  # Grad-CAM of a tag classifier, under the things
+    crf: SegmentationCRFConfig = field(default_factory=SegmentationCRFConfig)  # dense CRF refinement (off)
     filter: SegmentationFilterConfig = field(default_factory=SegmentationFilterConfig)  # quality filter
     shards: ShardConfig = field(default_factory=ShardConfig)  # shard size and naming
 

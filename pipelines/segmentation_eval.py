@@ -16,10 +16,11 @@ rasterises the GT with :func:`~labelmill.models.segmentation_metrics.coco_gt_mas
   ``skipped`` (counts by reason), ``samples_without_gt`` (keys).
 
 Classes are the COCO category ids themselves (``sem.png`` stores them), so ``num_classes`` is the
-largest category id + 1 and class 0 is background. Segmentation schema version 1 labels
-**things only**: GT annotations of stuff categories (those the version's ``config.yaml`` names
-in ``input.stuff``, or, with ``input.things`` set, every category not in it) are left out of the
-rasterisation, so their pixels are background, as the pipeline writes them.
+largest category id + 1 and class 0 is background. Stuff categories (those the version's
+``config.yaml`` names in ``input.stuff``, or, with ``input.things`` set, every category not in
+it) are rasterised only when the version labelled stuff (``stuff.enabled`` in its config) and
+only the classes the sample's ``tags`` name (the pipeline labels stuff from tags); otherwise
+their pixels are background, as a things-only version writes them.
 
 Sizes: a sample is scored at its stored size. When that differs from the GT image size (the
 pipeline shrank the image to ``image.max_side``), the GT is rasterised at the GT size and the
@@ -193,12 +194,21 @@ def box_mask(boxes: Iterable[Iterable[float]], height: int, width: int) -> np.nd
 # --------------------------------------------------------------------------- ground truth
 
 
+def _version_config(version_url: str) -> dict[str, Any]:
+    url = storage.join(version_url, CONFIG_FILE)
+    doc = yaml.safe_load(storage.read_text(url)) if storage.exists(url) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _labels_stuff(version_url: str) -> bool:
+    """Whether the version ran the stuff stage (its config's ``stuff.enabled``; absent: older versions, no)."""
+    section = _version_config(version_url).get("stuff")
+    return isinstance(section, dict) and section.get("enabled") is True
+
+
 def _stuff_ids(version_url: str, doc: CocoDocument) -> set[int]:
     """Category ids the version did not label as things (its config's ``input.things``/``stuff``)."""
-    url = storage.join(version_url, CONFIG_FILE)
-    section = {}
-    if storage.exists(url):
-        section = (yaml.safe_load(storage.read_text(url)) or {}).get("input") or {}
+    section = _version_config(version_url).get("input") or {}
     things, stuff = section.get("things"), set(section.get("stuff") or ())
     by_name = {c.name: c.id for c in doc.categories}
     if things is not None:
@@ -226,13 +236,17 @@ def _ann_dict(a: CocoAnnotation) -> dict[str, Any]:
 
 
 def gt_for_sample(
-    annotations: list[CocoAnnotation], gt_size: tuple[int, int], size: tuple[int, int], num_classes: int
+    annotations: list[CocoAnnotation], gt_size: tuple[int, int], size: tuple[int, int], num_classes: int,
+    box_classes: Iterable[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[int, int], np.ndarray]:
-    """GT ``(sem, inst, classes, box mask)`` at ``size`` for the given (thing + crowd) annotations."""
+    """GT ``(sem, inst, classes, box mask)`` at ``size`` for the given (thing + crowd + tagged
+    stuff) annotations; the box mask is the union of the boxes of ``box_classes`` (default: all)."""
     gh, gw = gt_size
     categories = {c: c for c in range(num_classes)}
     sem, inst, classes = coco_gt_masks([_ann_dict(a) for a in annotations], gh, gw, categories)
-    boxes = box_mask([a.bbox for a in annotations if a.bbox is not None and not a.iscrowd], gh, gw)
+    keep = None if box_classes is None else set(box_classes)
+    boxes = box_mask([a.bbox for a in annotations if a.bbox is not None and not a.iscrowd
+                      and (keep is None or a.category_id in keep)], gh, gw)
     if (gh, gw) != size:
         h, w = size
         sem = cv2.resize(sem, (w, h), interpolation=cv2.INTER_NEAREST)
@@ -252,24 +266,31 @@ def evaluate_segmentation(
     *,
     thing_classes: Iterable[int] | None = None,
     images: str | None = None,
+    stuff_labels: bool | None = None,
 ) -> dict[str, Any]:
     """Scores of ``dataset_url`` (an output root or a version directory) against the COCO ``gt_url``.
 
     ``thing_classes``: category ids that are things (default: every category the version
     labelled as things, from its ``config.yaml`` as the corpus reader decides); annotations of
-    other categories are not rasterised (background). ``images``: folder of the GT images, read
-    only for an image whose size the GT does not give.
+    other categories are not rasterised (background), except the stuff classes an image is
+    tagged with when the version labelled stuff (``stuff_labels``; default: its ``config.yaml``
+    has ``stuff.enabled: true``). ``images``: folder of the GT images, read only for an image
+    whose size the GT does not give.
     """
     version = resolve_version(dataset_url)
     doc = parse_coco_instances(storage.read_bytes(gt_url))
     if any(not 0 < c.id < IGNORE for c in doc.categories):
         raise ValueError(f"{gt_url}: category ids must be in 1..254 to be compared with sem.png")
     num_classes = max((c.id for c in doc.categories), default=0) + 1
+    stuff = _stuff_ids(version.url, doc)
     if thing_classes is None:
-        stuff = _stuff_ids(version.url, doc)
         things = {c.id for c in doc.categories} - stuff
     else:
         things = {int(c) for c in thing_classes}
+        stuff = {c.id for c in doc.categories} - things
+    # stuff GT counts only where the version labelled stuff, and only for the image's tagged classes
+    with_stuff = _labels_stuff(version.url) if stuff_labels is None else bool(stuff_labels)
+    by_name = {c.name: c.id for c in doc.categories}
     names = {c.id: c.name for c in doc.categories}
     by_image: dict[int, list[CocoAnnotation]] = {}
     for a in doc.annotations:
@@ -295,14 +316,15 @@ def evaluate_segmentation(
         if not anns:
             skipped["no_annotations"] += 1
             continue
-        used = [a for a in anns if a.iscrowd or a.category_id in things]
+        tagged = {by_name[t] for t in meta.get("tags") or () if t in by_name} & stuff if with_stuff else set()
+        used = [a for a in anns if a.iscrowd or a.category_id in things or a.category_id in tagged]
         if any(a.segmentation is None for a in used):
             skipped["no_segmentation"] += 1
             continue
         size = sample["sem"].shape
         gt_size = _gt_size(gt_images[image_id], meta, images, gt_url)
         resized += gt_size != size
-        gt_sem, gt_inst, gt_classes, boxes = gt_for_sample(used, gt_size, size, num_classes)
+        gt_sem, gt_inst, gt_classes, boxes = gt_for_sample(used, gt_size, size, num_classes, things)
         pred_classes = {int(s["id"]): int(s["category_id"]) for s in meta.get("segments", [])}
         scorer.add(sample["sem"], sample["inst"], pred_classes, gt_sem, gt_inst, gt_classes, boxes)
         evaluated.add(image_id)
@@ -318,6 +340,7 @@ def evaluate_segmentation(
         "gt_images": len(gt_images),
         "samples_without_gt": without_gt,
         "thing_classes": sorted(things),
+        "stuff_labelled": with_stuff,
     }
     report.update(scorer.result(names))
     return report

@@ -26,17 +26,16 @@ the batch are solved together, then stitched.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from labelmill.models.body_model import BodyModel, BodyModelConfig
 from labelmill.models.camera import project
-from labelmill.models.device import usable_device
+from labelmill.models.device import torch_threads, usable_device
 from labelmill.models.pose3d_fit import FitConfig, Pose3dEnergy, VideoBatch, fit_videos
 from labelmill.models.pose_prior import GMMPosePrior, PriorConfig
 from labelmill.models.windows import plan_windows, stitch_frames, stitch_shared
@@ -55,18 +54,6 @@ _OUTPUT_KEYS = (
 )
 _FILTER_KEYS = ("frame_loss", "keep_frame", "frame_reason", "video_loss", "keep_video", "video_reason")
 _INPUT_KEYS = ("key", "keypoints", "person_mask", "init_betas", "init_global_orient", "init_body_pose", "init_camera")
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """Run with ``count`` torch intra-op threads (0: leave torch's setting), then restore it."""
-    previous = torch.get_num_threads()
-    if count > 0:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _check_video(video: dict[str, np.ndarray]) -> str | None:
@@ -211,7 +198,7 @@ class BundleAdjust:
         for n, (_, s, e) in enumerate(problems):
             groups.setdefault(-(-(e - s) // multiple) * multiple, []).append(n)
         out: list[dict | None] = [None] * len(problems)
-        with _torch_threads(self.fit_config.cpu_threads if self._device.type == "cpu" else 0):
+        with torch_threads(self.fit_config.cpu_threads if self._device.type == "cpu" else 0):
             for padded, members in sorted(groups.items()):
                 for n, result in zip(members, self._solve(videos, [problems[n] for n in members], padded)):
                     out[n] = result

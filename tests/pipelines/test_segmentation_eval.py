@@ -19,6 +19,7 @@ from labelmill.pipelines.segmentation_eval import (
 )
 
 OVERRIDES = ["input.stuff=[grass,sky,water]"]
+THINGS_ONLY = "stuff.enabled=false"  # most checks score the things; test_stuff_... scores a version with stuff
 THINGS = (1, 2, 3)  # disc, square, triangle; 4..6 are stuff
 
 
@@ -38,7 +39,7 @@ def _run(corpus, out, *extra):
 @pytest.fixture(scope="module")
 def dataset(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("segeval_out")
-    _run(corpus, out)
+    _run(corpus, out, THINGS_ONLY)
     return out
 
 
@@ -54,6 +55,24 @@ def test_pipeline_labels_score_well_against_the_corpus_gt(corpus, dataset):
     assert report["panoptic"]["stuff"]["classes"] == 0 and report["panoptic"]["tp"] > 0
     # stuff GT is background here: the labels never claim a stuff class
     assert not {"grass", "sky", "water"} & set(report["iou"])
+
+
+def test_a_version_with_stuff_is_scored_on_its_tagged_stuff_classes(corpus, dataset, tmp_path):
+    things_only = evaluate_segmentation(str(dataset), str(corpus / "annotations.json"))
+    _run(corpus, tmp_path / "stuff")  # default: the stuff stage trains a classifier on the 4 images' tags
+    report = evaluate_segmentation(str(tmp_path / "stuff"), str(corpus / "annotations.json"))
+    assert report["stuff_labelled"] is True and things_only["stuff_labelled"] is False
+    tagged = {t for s in iter_samples(str(tmp_path / "stuff")) for t in s["json"]["tags"]}
+    assert tagged and tagged <= set(report["iou"]) and report["panoptic"]["stuff"]["classes"] == len(tagged)
+    assert "background" not in report["iou"]  # stuff covers every non-thing pixel of the synthetic GT
+    # things take precedence: thing pixels and segments are the things-only version's; a GT
+    # thing pixel the things left to background may now be stuff (still a miss) or ignore (not
+    # scored), so a thing IoU can only rise
+    for name in ("disc", "square", "triangle"):
+        if name in things_only["iou"]:
+            assert report["iou"][name] >= things_only["iou"][name], name
+    assert report["panoptic"]["things"] == things_only["panoptic"]["things"]
+    assert report["box_labelled_fraction"] <= things_only["box_labelled_fraction"]  # stuff may leave ignore
 
 
 def test_perfect_prediction_scores_one_and_errors_score_less(corpus):
@@ -91,7 +110,7 @@ def test_resized_gt_matches_the_stored_size(corpus):
 
 
 def test_resized_version_is_scored_at_its_stored_size(corpus, tmp_path):
-    _run(corpus, tmp_path / "small", "image.max_side=80")
+    _run(corpus, tmp_path / "small", "image.max_side=80", THINGS_ONLY)
     samples = list(iter_samples(str(tmp_path / "small")))
     assert samples and all(s["sem"].shape == (60, 80) and s["json"]["scale"] == 0.5 for s in samples)
     report = evaluate_segmentation(str(tmp_path / "small"), str(corpus / "annotations.json"))

@@ -1,4 +1,4 @@
-"""The segmentation pipeline (things from boxes) end to end on a small synthetic corpus."""
+"""The segmentation pipeline (things from boxes, stuff from tags) end to end on a small synthetic corpus."""
 
 import hashlib
 import io
@@ -45,8 +45,14 @@ def _run(corpus, out, **kw):
 
 @pytest.fixture(scope="module")
 def local_run(corpus, tmp_path_factory):
+    """The default pipeline: trains the tag classifier on the corpus's tags, under OUT/models/classifier."""
     out = tmp_path_factory.mktemp("seg_local")
     return out, _run(corpus, out, engine_name="local")
+
+
+def _classifier(out):
+    (path,) = sorted((out / "models" / "classifier").glob("*.pt"))
+    return path
 
 
 def _samples(version_url):
@@ -74,7 +80,7 @@ def test_local_run_writes_a_valid_version_with_every_image_accounted(local_run):
     inputs = run.stats["inputs"]
     assert inputs["in"] == 7 == inputs["written"] + inputs["filtered"] + inputs["failed"]
     assert inputs["failed"] == 2 and inputs["written"] == 5 == run.stats["samples"]
-    assert set(run.stats["stages"]) == {"decode", "things", "samples", "pack"}
+    assert set(run.stats["stages"]) == {"decode", "things", "stuff", "samples", "pack"}
     rows = {r["input_key"]: r for r in read_inputs(run.version_url).to_pylist()}
     assert all(r["status"] in INPUT_STATUSES and r["reason"] for r in rows.values())
     assert rows[MISSING]["status"] == "failed" and "missing image file" in rows[MISSING]["reason"]
@@ -100,13 +106,17 @@ def test_masks_decode_and_agree_with_the_json_segments(local_run):
         assert image.shape[:2] == sem.shape == inst.shape == (doc["height"], doc["width"])
         ids = {s["id"] for s in doc["segments"]}
         assert set(np.unique(inst).tolist()) - {0} == ids and ids
+        sources = {}
         for seg in doc["segments"]:
             mask = inst == seg["id"]
-            assert seg["area"] == int(mask.sum()) and seg["source"] == "grabcut"
+            assert seg["area"] == int(mask.sum()) and 0.0 <= seg["score"] <= 1.0
             assert (sem[mask] == seg["category_id"]).all()
-            assert seg["category"] in ("disc", "square", "triangle") and 0.0 <= seg["score"] <= 1.0
+            sources.setdefault(seg["source"], set()).add(seg["category"])
             ys, xs = np.nonzero(mask)
             assert seg["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert sources["grabcut"] <= {"disc", "square", "triangle"}
+        assert sources.get("gradcam", set()) <= set(doc["tags"]) and sources.get("gradcam")  # one per tagged class
+        assert len([s for s in doc["segments"] if s["source"] == "gradcam"]) == len(sources["gradcam"])
         assert set(np.unique(sem[inst == 0]).tolist()) <= {0, 255}
         assert 0.0 <= doc["quality"]["ignore_fraction_of_boxes"] <= 0.5
 
@@ -122,6 +132,7 @@ def test_labels_match_the_synthetic_ground_truth(local_run, corpus):
     acc = SemanticAccumulator(num_classes=4)  # background + the 3 thing classes
     for key, fields in _samples(run.version_url).items():
         sem = cv2.imdecode(np.frombuffer(fields["sem.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        sem = np.where((sem <= 3) | (sem == 255), sem, 0).astype(np.uint8)  # labelled stuff -> background
         gt = cv2.imread(str(corpus / "gt" / f"{key}_sem.png"), cv2.IMREAD_UNCHANGED)
         gt = np.where(gt <= 3, gt, 0).astype(np.uint8)  # GT stuff -> background
         union = np.zeros(gt.shape, bool)
@@ -141,8 +152,9 @@ def test_rerun_is_up_to_date_and_a_new_filter_reuses_the_labels(local_run, corpu
     strict = _run(corpus, out, engine_name="local", overrides=["filter.max_ignore_fraction=0.0"])
     assert not strict.up_to_date and validate_version(str(out)) == []
     stages = strict.stats["stages"]
-    assert stages["decode"]["computed"] == stages["things"]["computed"] == 0
+    assert stages["decode"]["computed"] == stages["things"]["computed"] == stages["stuff"]["computed"] == 0
     assert stages["samples"]["computed"] == 5
+    assert len(list((out / "models" / "classifier").glob("*.pt"))) == 1  # the classifier was reused, not retrained
     rows = read_inputs(strict.version_url).to_pylist()
     filtered = [r for r in rows if r["status"] == "filtered"]
     assert filtered and all(r["reason"].startswith("ignore_fraction ") for r in filtered)
@@ -150,26 +162,48 @@ def test_rerun_is_up_to_date_and_a_new_filter_reuses_the_labels(local_run, corpu
 
 
 def test_engines_write_byte_identical_shards(local_run, corpus, tmp_path, ray_session):
-    _, run = local_run
+    out, run = local_run
     digests = {"local": _digest(run.version_url)}
+    given = [f"stuff.classifier={_classifier(out)}"]  # the local run's classifier: no training per engine
     for engine in ("beam", "ray"):
-        other = _run(corpus, tmp_path / engine, engine_name=engine)
+        other = _run(corpus, tmp_path / engine, engine_name=engine, overrides=given)
         assert validate_version(str(tmp_path / engine)) == [], engine
         digests[engine] = _digest(other.version_url)
     assert digests["local"] == digests["beam"] == digests["ray"]
     assert any(name.endswith(".tar") for name in digests["local"])
 
 
-def test_cli_run_segmentation_prints_the_funnel(corpus, tmp_path, capsys):
+def test_cli_run_segmentation_prints_the_funnel(local_run, corpus, tmp_path, capsys):
     from labelmill.pipelines.cli import main
 
     out = tmp_path / "cli"
     args = ["-q", "run", "segmentation", "--input", str(corpus / "annotations.json"), "--output", str(out),
             "--images", str(corpus / "images")]
-    for o in OVERRIDES:
+    for o in [*OVERRIDES, f"stuff.classifier={_classifier(local_run[0])}"]:
         args += ["--set", o]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert f"dataset {out}/versions/" in printed and "images 7: written 5, filtered 0, failed 2" in printed
     assert "failed 1:" in printed
     assert main(args) == 0 and "up to date" in capsys.readouterr().out
+
+
+def test_an_image_with_tags_only_is_labelled_with_stuff_and_the_crf_stage_runs(local_run, corpus, tmp_path):
+    out, _ = local_run
+    doc = json.loads((corpus / "annotations.json").read_text())
+    first = doc["images"][0]["id"]
+    doc["annotations"] = [a for a in doc["annotations"] if not (a["image_id"] == first and a["isthing"])]
+    gt = tmp_path / "tags_only.json"
+    gt.write_text(json.dumps(doc))
+    cfg = _cfg(f"stuff.classifier={_classifier(out)}", "crf.enabled=true")
+    run = run_segmentation(cfg, input_url=str(gt), output_url=str(tmp_path / "out"), images=str(corpus / "images"),
+                           engine_name="local")
+    assert validate_version(str(tmp_path / "out")) == []
+    assert set(run.stats["stages"]) == {"decode", "things", "stuff", "crf", "samples", "pack"}
+    rows = {r["input_key"]: r for r in read_inputs(run.version_url).to_pylist()}
+    assert rows["synth_000000"]["status"] == "written" and rows["synth_000000"]["boxes_in"] == 0
+    fields = _samples(run.version_url)["synth_000000"]
+    segments = json.loads(fields["json"])["segments"]
+    assert segments and {s["source"] for s in segments} == {"gradcam"}
+    inst = cv2.imdecode(np.frombuffer(fields["inst.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(inst).tolist()) - {0} == {s["id"] for s in segments}
