@@ -35,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.set_defaults(handler=_fit)
 
     from labelmill.pipelines.experiments.pipeline_bench import register_pipeline_bench
+    from labelmill.pipelines.experiments.segmentation_bench import register_segmentation_bench
 
     register_pipeline_bench(sub)
+    register_segmentation_bench(sub)
 
 
 def _fit(args: argparse.Namespace) -> int:
