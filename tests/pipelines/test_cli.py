@@ -50,13 +50,17 @@ def test_demo_job_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "demo"
     code = main(["-q", "demo", "--out", str(out), "--videos", "2", "--frames", "12", "--engine", "local",
-                 "--set", "fit.solver.max_iter=15", "--sample-media", str(tmp_path / "none")])
+                 "--set", "fit.solver.max_iter=15", "--sample-media", str(tmp_path / "none"), "--seg-images", "4"])
     assert code == 0
     printed = capsys.readouterr().out
     assert f"synthetic dataset: {out}/dataset/versions/" in printed and "inputs 2: written" in printed
     assert "accuracy on kept synthetic frames" in printed and "real clips skipped" in printed
     assert validate_version(str(out / "dataset")) == []
     assert (out / "corpus" / "manifest.csv").exists()
+    assert f"segmentation dataset: {out}/seg_dataset/versions/" in printed and "images 4: written" in printed
+    assert "segmentation vs GT masks: mIoU" in printed and "stuff" in printed
+    assert validate_version(str(out / "seg_dataset")) == []
+    assert main(["demo", "--out", str(out), "--seg-images", "-1"]) == 2
 
 
 def test_cli_pipeline_names_match_the_configs():
