@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Iterator
 
+from labelmill.pipelines.experiments.machine import cpu_model
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -362,13 +364,7 @@ def _summarise_reruns(reruns: list[dict[str, Any]], first_run_s: float) -> dict[
 
 
 def _machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+    model = cpu_model()
     memory_gb = None
     with contextlib.suppress(OSError, ValueError):
         memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1)

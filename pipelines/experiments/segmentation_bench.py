@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable
 
+from labelmill.pipelines.experiments.machine import cpu_model
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -317,13 +319,7 @@ def _machine(devices: tuple[str, ...]) -> dict[str, Any]:
     import cv2
     import torch
 
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+    model = cpu_model()
     usable = None
     with contextlib.suppress(AttributeError, OSError):
         usable = len(os.sched_getaffinity(0))
