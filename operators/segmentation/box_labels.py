@@ -12,7 +12,10 @@ Per box (:func:`box_labels`):
    ``max_side**2`` pixels whatever its size. Masks come back to image coordinates with
    nearest-neighbour upscaling and are cut to the box.
 2. **Cues** (each a bool mask inside the box, ``CUES``): ``grabcut`` (``cv2.grabCut`` with
-   ``GC_INIT_WITH_RECT``, ``cv2.setRNGSeed(config.seed)`` before every call, so it is
+   ``GC_INIT_WITH_MASK``: the crop outside the box is background, the box probable foreground
+   and its central ``grabcut_core`` part (side fraction; 0: none, i.e. plain
+   ``GC_INIT_WITH_RECT``) definite foreground, which keeps GrabCut from collapsing to an empty
+   mask on cluttered boxes; ``cv2.setRNGSeed(config.seed)`` before every call, so it is
    deterministic) and the second cue ``config.second_cue``: ``colour_ratio`` (a smoothed
    colour-histogram likelihood ratio of the box centre against a ring around the box) or
    ``superpixel`` (SLICO superpixels whose area is mostly inside the box and whose mean colour
@@ -27,12 +30,15 @@ Per box (:func:`box_labels`):
    earlier box first), so **a smaller box lies on top of a larger one**. A box writes its
    class (and instance id = box index + 1) on its foreground pixels and ignore 255 (instance
    0) on its disputed pixels; its background pixels are left as they are, so they are 0
-   unless a larger box claimed them.
+   unless a larger box claimed them. A box whose cues agree on less than ``defer_agreement``
+   of the pixels either cue claims (``agreed / (agreed + disputed)``) is unsure of its own
+   object: its disputed pixels do not erase labels that a larger box's cues agreed on.
 
 Bad boxes are skipped with a reason in the per-box stats, never raised by
 :func:`box_labels`: non-finite values, width or height <= 0, or nothing left after clipping to
 the image (status ``"skipped"``). A box narrower or lower than ``min_box_side`` pixels after
-clipping is too small for the cues: all its pixels become ignore (status ``"ignored"``). The
+clipping is too small for the cues: all its pixels are disputed, i.e. ignore (status
+``"ignored"``; having no agreement it defers to larger boxes as in step 4). The
 single-box functions (:func:`grabcut_box`, ...) raise ``ValueError`` on a bad box instead.
 """
 
@@ -79,8 +85,8 @@ class BoxLabelConfig:
     """Knobs of :func:`box_labels`; sizes in work-crop pixels unless said otherwise."""
 
     iterations: int = 5  # GrabCut iterations
-    max_side: int = 128  # longer side of the work crop (bounds a box's cost)
-    margin: float = 0.15  # crop margin on each side, fraction of the box's longer side ...
+    max_side: int = 256  # longer side of the work crop (bounds a box's cost)
+    margin: float = 0.25  # crop margin on each side, fraction of the box's longer side ...
     margin_px: int = 8  # ... but at least this many image pixels
     second_cue: str = "colour_ratio"  # one of SECOND_CUES
     seed: int = 0  # cv2.setRNGSeed before every GrabCut / k-means call
@@ -88,11 +94,13 @@ class BoxLabelConfig:
     min_ring_pixels: int = 16  # fewer ring pixels: the colour cues say foreground on the box
     centre_fraction: float = 0.6  # side fraction of the central part of the box that gives the colour model
     histogram_bins: int = 12  # colour_ratio: bins per Lab channel
-    ratio_threshold: float = 0.5  # colour_ratio: foreground where p_in / (p_in + p_ring) > this
-    smooth_sigma: float = 1.0  # colour_ratio: Gaussian sigma on the ratio map (0: none)
+    ratio_threshold: float = 0.3  # colour_ratio: foreground where p_in / (p_in + p_ring) > this
+    smooth_sigma: float = 3.0  # colour_ratio: Gaussian sigma on the ratio map (0: none)
     superpixel_size: int = 8  # superpixel: SLICO region size
     superpixel_inside: float = 0.5  # superpixel: fraction of its area that must lie inside the box
     kmeans_k: int = 4  # superpixel: colour clusters per model (centre, ring)
+    grabcut_core: float = 0.1  # GrabCut: side fraction of the box centre fixed as foreground (0: rect init)
+    defer_agreement: float = 0.3  # painting: a box agreeing on less than this defers its disputes (0: never)
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, what: str) -> None:
@@ -113,7 +121,8 @@ class BoxLabelConfig:
         need(self.kmeans_k >= 1, "kmeans_k", ">= 1")
         need(self.second_cue in SECOND_CUES, "second_cue", f"one of {SECOND_CUES}")
         for key, lo, hi in (("margin", 0.0, 2.0), ("centre_fraction", 0.05, 1.0), ("ratio_threshold", 0.0, 1.0),
-                            ("superpixel_inside", 0.0, 1.0), ("smooth_sigma", 0.0, 20.0)):  # fmt: skip
+                            ("superpixel_inside", 0.0, 1.0), ("smooth_sigma", 0.0, 20.0), ("grabcut_core", 0.0, 0.9),
+                            ("defer_agreement", 0.0, 1.0)):  # fmt: skip
             value = getattr(self, key)
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi,
                  key, f"a number in {lo}..{hi}")  # fmt: skip
@@ -215,7 +224,13 @@ def grabcut_crop(crop: np.ndarray, rect: tuple[int, int, int, int], config: BoxL
     mask = np.zeros((h, w), np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(config.seed)
-    cv2.grabCut(crop, mask, (x, y, rw, rh), bgd, fgd, config.iterations, cv2.GC_INIT_WITH_RECT)
+    if config.grabcut_core <= 0:
+        cv2.grabCut(crop, mask, (x, y, rw, rh), bgd, fgd, config.iterations, cv2.GC_INIT_WITH_RECT)
+    else:  # the rect init's labels plus a definite-foreground core
+        mask[_rect_mask((h, w), (x, y, rw, rh))] = cv2.GC_PR_FGD
+        cw, ch = max(1, round(rw * config.grabcut_core)), max(1, round(rh * config.grabcut_core))
+        mask[_rect_mask((h, w), (x + (rw - cw) // 2, y + (rh - ch) // 2, cw, ch))] = cv2.GC_FGD
+        cv2.grabCut(crop, mask, None, bgd, fgd, config.iterations, cv2.GC_INIT_WITH_MASK)
     return ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)) & inside
 
 
@@ -309,14 +324,16 @@ def _single_box(cue: str, image: np.ndarray, box: Sequence[float], config: BoxLa
 
 
 def grabcut_box(image_bgr: np.ndarray, box: Sequence[float], *, iterations: int = 5, max_side: int = 128,
-                margin: float = 0.15, margin_px: int = 8, seed: int = 0) -> np.ndarray:  # fmt: skip
+                margin: float = 0.15, margin_px: int = 8, seed: int = 0, core: float = 0.1) -> np.ndarray:  # fmt: skip
     """GrabCut foreground of one box: bool ``(H, W)`` in image coordinates, False outside the box.
 
-    Crop with a margin, scale the crop's longer side to ``<= max_side``, ``cv2.grabCut`` with
-    ``GC_INIT_WITH_RECT`` after ``cv2.setRNGSeed(seed)``, nearest upscaling back. A bad box
-    (non-finite, zero size, outside the image) raises ``ValueError``.
+    Crop with a margin, scale the crop's longer side to ``<= max_side``, ``cv2.grabCut``
+    (``GC_INIT_WITH_MASK`` with the central ``core`` side fraction as definite foreground;
+    ``core=0``: ``GC_INIT_WITH_RECT``) after ``cv2.setRNGSeed(seed)``, nearest upscaling back.
+    A bad box (non-finite, zero size, outside the image) raises ``ValueError``.
     """
-    config = BoxLabelConfig(iterations=iterations, max_side=max_side, margin=margin, margin_px=margin_px, seed=seed)
+    config = BoxLabelConfig(iterations=iterations, max_side=max_side, margin=margin, margin_px=margin_px, seed=seed,
+                            grabcut_core=core)  # fmt: skip
     return _single_box("grabcut", image_bgr, box, config)
 
 
@@ -350,6 +367,8 @@ def paint_boxes(
     windows: Sequence[tuple[int, int, int, int]],
     states: Sequence[np.ndarray],
     classes: Sequence[int],
+    *,
+    defer_agreement: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(sem uint8 (H, W), inst uint16 (H, W))`` from per-box states (module docstring, step 4).
 
@@ -357,12 +376,15 @@ def paint_boxes(
     x1 - x0)`` uint8 state map (``combine_cues``), ``classes[i]`` its class id (1..254).
     Background 0 everywhere first; boxes painted from largest window area to smallest (ties:
     earlier box first), each writing its class / instance ``i + 1`` on FOREGROUND and 255 /
-    0 on DISPUTED pixels and leaving BACKGROUND pixels alone.
+    0 on DISPUTED pixels and leaving BACKGROUND pixels alone. A box with ``FOREGROUND`` on
+    less than ``defer_agreement`` of its non-BACKGROUND pixels writes 255 only where no box
+    painted before it wrote FOREGROUND (0: every box's disputes overwrite).
     """
     if not len(windows) == len(states) == len(classes):
         raise ValueError(f"{len(windows)} windows, {len(states)} states and {len(classes)} classes differ in number")
     sem = np.zeros(shape, np.uint8)
     inst = np.zeros(shape, np.uint16)
+    agreed = np.zeros(shape, bool)  # some box's cues agreed on its object here
     if len(windows) > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 boxes in one image")
     areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in windows]
@@ -374,11 +396,16 @@ def paint_boxes(
         st = np.asarray(states[i])
         if st.shape != (y1 - y0, x1 - x0):
             raise ValueError(f"box {i}: state shape {st.shape} != window shape {(y1 - y0, x1 - x0)}")
-        s, n = sem[y0:y1, x0:x1], inst[y0:y1, x0:x1]
-        s[st == FOREGROUND] = cls
-        n[st == FOREGROUND] = i + 1
-        s[st == DISPUTED] = IGNORE
-        n[st == DISPUTED] = 0
+        s, n, a = sem[y0:y1, x0:x1], inst[y0:y1, x0:x1], agreed[y0:y1, x0:x1]
+        fg, disputed = st == FOREGROUND, st == DISPUTED
+        claimed = int(fg.sum()) + int(disputed.sum())
+        if defer_agreement > 0 and claimed and fg.sum() < defer_agreement * claimed:
+            disputed &= ~a
+        s[fg] = cls
+        n[fg] = i + 1
+        a[fg] = True
+        s[disputed] = IGNORE
+        n[disputed] = 0
     return sem, inst
 
 
@@ -429,7 +456,7 @@ def box_labels(
         keep_classes.append(int(cls))
         entry["seconds"] = time.perf_counter() - start
     # paint_boxes numbers instances by position in its own lists; map back to the box index
-    sem, inst_local = paint_boxes((height, width), windows, states, keep_classes)
+    sem, inst_local = paint_boxes((height, width), windows, states, keep_classes, defer_agreement=config.defer_agreement)
     box_index = np.array([0] + [e["box"] + 1 for e in stats if e["status"] != "skipped"], np.uint16)
     return sem, box_index[inst_local], stats
 

@@ -14,7 +14,20 @@ pixels outside every box are not scored):
 
 A single cue labels its foreground with the box class and never ignores; an agreement is
 :func:`combine_cues` + :func:`paint_boxes`, exactly as :func:`box_labels` does it.
-``python -m labelmill.pipelines.experiments.box_cues_eval CORPUS [--limit N]`` prints the table.
+
+``agreement+crf (c=<confidence>, keep_ignore=<bool>)``: the ``grabcut+<second_cue>`` map
+refined by :func:`~labelmill.models.dense_crf.refine_labels` over the image (BGR 0..255,
+``crf_config``), one row per confidence in ``crf_confidences`` and keep_ignore True / False.
+The CRF runs over the classes of the image's boxes plus background (relabelled 0..k-1, so its
+cost does not grow with the corpus's class count), and its result obeys the boxes: a pixel
+outside every box stays background 0, and a pixel may only take background or the class of a
+box covering it (otherwise it keeps its agreement label). ``boxes_per_s`` of a CRF row counts
+both cues plus the CRF.
+
+Corpora: the synthetic one, and a real photo written by
+:func:`~labelmill.pipelines.experiments.real_photo.write_voc_npz_corpus` (same layout).
+``python -m labelmill.pipelines.experiments.box_cues_eval CORPUS [--limit N] [--crf-confidence C ...]``
+prints the table.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from labelmill.models.dense_crf import DenseCRFConfig, refine_labels
 from labelmill.models.segmentation_metrics import SemanticAccumulator
 from labelmill.operators.segmentation.box_labels import (
     CUES,
@@ -47,6 +61,33 @@ __all__ = ["evaluate_box_cues", "markdown_table", "main"]
 
 SINGLE = ("grabcut", "colour_ratio", "superpixel")
 AGREEMENTS = (("grabcut", "colour_ratio"), ("grabcut", "superpixel"))
+CRF_CONFIDENCES = (0.6, 0.8)
+
+
+def crf_method_name(confidence: float, keep_ignore: bool) -> str:
+    return f"agreement+crf (c={confidence:g}, keep_ignore={keep_ignore})"
+
+
+def refine_within_boxes(sem: np.ndarray, image_bgr: np.ndarray, windows, classes, *, confidence: float,
+                        keep_ignore: bool, config: DenseCRFConfig) -> np.ndarray:  # fmt: skip
+    """The dense CRF on one painted map under the box rules of the module docstring."""
+    h, w = sem.shape
+    present = sorted({0, *(int(c) for c in classes)})
+    to_local = np.full(256, 255, np.uint8)
+    to_local[present] = np.arange(len(present), dtype=np.uint8)
+    image = np.ascontiguousarray(image_bgr.transpose(2, 0, 1), dtype=np.float32)
+    local = refine_labels(to_local[sem], image, num_classes=len(present), confidence=confidence, config=config,
+                          keep_ignore=keep_ignore)  # fmt: skip
+    out = np.where(local == 255, 255, np.asarray(present, np.uint8)[np.minimum(local, len(present) - 1)]).astype(np.uint8)
+    allowed = out == 255
+    allowed |= out == 0
+    in_box = np.zeros((h, w), bool)
+    for (x0, y0, x1, y1), cls in zip(windows, classes):
+        allowed[y0:y1, x0:x1] |= out[y0:y1, x0:x1] == int(cls)
+        in_box[y0:y1, x0:x1] = True
+    out = np.where(allowed, out, sem)
+    out[~in_box] = 0
+    return out
 
 
 def _read_corpus(corpus_dir: str, limit: int | None):
@@ -72,11 +113,14 @@ def _read_corpus(corpus_dir: str, limit: int | None):
 
 
 def evaluate_box_cues(corpus_dir: str, *, limit: int | None = None, config: BoxLabelConfig = BoxLabelConfig(),
-                      workers: int = 2) -> dict[str, Any]:  # fmt: skip
+                      workers: int = 2, crf_confidences: tuple[float, ...] = CRF_CONFIDENCES,
+                      crf_config: DenseCRFConfig = DenseCRFConfig()) -> dict[str, Any]:  # fmt: skip
     """Scores per method (module docstring): ``{"methods": {name: {miou, labelled, ignore, boxes_per_s,
     iou}}, "images", "boxes", "box_pixels", "pipeline": {workers, boxes_per_s, seconds}, "config"}``."""
     data, num_classes = _read_corpus(corpus_dir, limit)
-    methods = list(SINGLE) + [f"{a}+{b}" for a, b in AGREEMENTS]
+    crf_rows = [(c, k) for c in crf_confidences for k in (True, False)]
+    methods = list(SINGLE) + [f"{a}+{b}" for a, b in AGREEMENTS] + [crf_method_name(c, k) for c, k in crf_rows]
+    crf_seconds = {crf_method_name(c, k): 0.0 for c, k in crf_rows}
     acc = {m: SemanticAccumulator(num_classes=num_classes) for m in methods}
     seconds = {c: 0.0 for c in SINGLE}
     crop_seconds = 0.0
@@ -106,13 +150,22 @@ def evaluate_box_cues(corpus_dir: str, *, limit: int | None = None, config: BoxL
             acc[c].add(paint_boxes((h, w), windows, states, classes)[0], gt)
         for a, b in AGREEMENTS:
             states = [combine_cues(ma, mb) for ma, mb in zip(masks[a], masks[b])]
-            acc[f"{a}+{b}"].add(paint_boxes((h, w), windows, states, classes)[0], gt)
+            painted = paint_boxes((h, w), windows, states, classes, defer_agreement=config.defer_agreement)[0]
+            acc[f"{a}+{b}"].add(painted, gt)
+            if b == config.second_cue:
+                agreement = painted
+        for c, k in crf_rows:
+            t0 = time.perf_counter()
+            refined = refine_within_boxes(agreement, image, windows, classes, confidence=c, keep_ignore=k,
+                                          config=crf_config)  # fmt: skip
+            crf_seconds[crf_method_name(c, k)] += time.perf_counter() - t0
+            acc[crf_method_name(c, k)].add(refined, gt)
     crop_share = crop_seconds / max(n_boxes, 1)
     out: dict[str, Any] = {"methods": {}, "images": len(data), "boxes": n_boxes, "box_pixels": box_pixels}
     for m in methods:
         r = acc[m].result()
-        cues = m.split("+")
-        spent = sum(seconds[c] for c in cues) + crop_share * n_boxes
+        cues = ["grabcut", config.second_cue] if m in crf_seconds else m.split("+")
+        spent = sum(seconds[c] for c in cues) + crop_share * n_boxes + crf_seconds.get(m, 0.0)
         out["methods"][m] = {
             "miou": r["miou"],
             "labelled": r["labelled_fraction"],
@@ -129,6 +182,7 @@ def evaluate_box_cues(corpus_dir: str, *, limit: int | None = None, config: BoxL
         wall = time.perf_counter() - t0
         out.setdefault("pipeline", {})[cue] = {"workers": workers, "seconds": wall, "boxes_per_s": n_boxes / wall}
     out["config"] = dataclasses.asdict(config)
+    out["crf_config"] = dataclasses.asdict(crf_config)
     out["opencv"] = cv2.__version__
     return out
 
@@ -153,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("corpus")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--crf-confidence", type=float, nargs="*", default=list(CRF_CONFIDENCES),
+                        help="one agreement+crf row pair per value (none: no CRF rows)")
     args = parser.parse_args(argv)
-    sys.stdout.write(markdown_table(evaluate_box_cues(args.corpus, limit=args.limit, workers=args.workers)) + "\n")
+    result = evaluate_box_cues(args.corpus, limit=args.limit, workers=args.workers,
+                               crf_confidences=tuple(args.crf_confidence))  # fmt: skip
+    sys.stdout.write(markdown_table(result) + "\n")
     return 0
 
 

@@ -174,3 +174,19 @@ def test_box_covering_the_whole_image_still_labels():
     sem, _, stats = box_labels(img, [[0, 0, 64, 48]], [3])
     assert stats[0]["status"] == "ok"
     assert (sem[disc] != 0).mean() > 0.9  # no ring: the colour cue defers to GrabCut's frame-based cut
+
+
+def test_an_unsure_smaller_box_defers_its_disputes_to_agreed_labels():
+    big = np.full((10, 10), FOREGROUND, np.uint8)
+    unsure = np.full((4, 4), DISPUTED, np.uint8)
+    unsure[0, 0] = FOREGROUND  # agrees on 1 of 16 claimed pixels
+    windows, classes = [(0, 0, 10, 10), (3, 3, 7, 7)], [1, 2]
+    old, _ = paint_boxes((10, 10), windows, [big, unsure], classes)
+    assert (old[3:7, 3:7] == 255).sum() == 15 and old[3, 3] == 2
+    sem, inst = paint_boxes((10, 10), windows, [big, unsure], classes, defer_agreement=0.3)
+    assert sem[3, 3] == 2 and inst[3, 3] == 2  # its agreed pixel still wins
+    assert (sem == 1).sum() == 99 and (sem == 255).sum() == 0  # its disputes leave the big box's labels
+    sure = np.full((4, 4), FOREGROUND, np.uint8)
+    sure[1:, :] = DISPUTED  # agrees on 4 of 16 >= 0.2: its disputes overwrite
+    sem, _ = paint_boxes((10, 10), windows, [big, sure], classes, defer_agreement=0.2)
+    assert (sem[4:7, 3:7] == 255).all()
