@@ -49,6 +49,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="recompute every stage result instead of reusing those stored under OUTPUT/results")
     add_config_args(seg)
     seg.set_defaults(handler=_segmentation)
+    relabel = sub.add_parser(
+        "relabel",
+        help="segmentation dataset -> K rounds of: train a small segmentation net, relabel from its confident "
+             "predictions -> a new dataset version",
+        description="Iterative relabelling (docs/segmentation.md, 'Relabelling'): each round trains a small "
+        "segmentation network on the current version's labels (ignore excluded from the loss), relabels every "
+        "sample from its confident predictions (below relabel threshold, and for thing classes outside every "
+        "box of their class: ignore) and commits a new dataset version; with --gt each round is scored.",
+    )
+    relabel.add_argument("--dataset", required=True,
+                         help="segmentation dataset: an output root (uses LATEST) or a version directory")
+    relabel.add_argument("--rounds", required=True, type=int, metavar="K", help="relabelling rounds (>= 1)")
+    relabel.add_argument("--output", default=None,
+                         help="dataset root the new versions go to (default: the dataset's own root)")
+    relabel.add_argument("--gt", default=None, metavar="COCO_JSON",
+                         help="COCO instances JSON with masks: report mIoU / PQ / labelled fraction per round")
+    relabel.add_argument("--engine", choices=("local", "ray", "beam"), default=None,
+                         help="execution engine of the relabel and samples stages (default: engine.name, local)")
+    relabel.add_argument("--full", action="store_true",
+                         help="retrain and recompute every round instead of reusing stored models, results and rounds")
+    relabel.add_argument("--json", action="store_true", help="print one JSON document with every round")
+    add_config_args(relabel)
+    relabel.set_defaults(handler=_relabel)
 
 
 def _pose3d(args: argparse.Namespace) -> int:
@@ -94,5 +117,40 @@ def _segmentation(args: argparse.Namespace) -> int:
     for status in ("filtered", "failed"):
         for reason, count in sorted(reasons.get(status, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:5]:
             lines.append(f"  {status} {count}: {reason}\n")
+    sys.stdout.write("".join(lines))
+    return 0
+
+
+def _relabel(args: argparse.Namespace) -> int:
+    import json
+
+    from labelmill.infra.config import load_config
+    from labelmill.pipelines.cli import UsageError
+    from labelmill.pipelines.relabel import RelabelConfig, run_relabel
+
+    if args.rounds < 1:
+        raise UsageError("--rounds must be >= 1")
+    cfg = load_config(RelabelConfig, args.config, args.overrides)
+    rounds = run_relabel(args.dataset.rstrip("/"), args.rounds, output_url=args.output, gt=args.gt, config=cfg,
+                         engine_name=args.engine, full=args.full)
+    if args.json:
+        sys.stdout.write(json.dumps([r.as_dict() for r in rounds]) + "\n")
+        return 0
+
+    def num(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [f"labelmill run relabel: {len(rounds) - 1} rounds of {rounds[0].version_url}\n"]
+    for r in rounds:
+        s, m = r.summary, r.metrics or {}
+        what = "input" if r is rounds[0] else ("up to date" if r.up_to_date else "written")
+        line = (f"  round {r.round}: {r.version_id} ({what}) samples {s.get('written')}/{s.get('inputs')}"
+                f" ignore in boxes {num(s.get('ignore_fraction'))}")
+        if r.losses:
+            line += f" loss {r.losses[0]:.3f}->{r.losses[-1]:.3f}"
+        if r.metrics is not None:
+            line += (f" | mIoU {num(m.get('miou'))} PQ {num(m.get('pq'))} labelled {num(m.get('labelled_fraction'))}"
+                     f" in boxes {num(m.get('box_labelled_fraction'))}")
+        lines.append(line + "\n")
     sys.stdout.write("".join(lines))
     return 0
