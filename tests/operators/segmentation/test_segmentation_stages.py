@@ -70,6 +70,16 @@ def test_things_and_samples_build_a_valid_sample(tmp_path):
     assert json.loads(members["json"])["segments"][0]["category"] == "disc"
     bad = check_field(schema.field("json"), json.dumps({**json.loads(members["json"]), "quality": [1]}).encode())
     assert [i.item for i in bad] == ["json.quality"]
+    doc = json.loads(members["json"])
+    assert doc["boxes"] == [{"bbox": [30.0, 20.0, 60.0, 60.0], "category_id": 1, "category": "disc",
+                             "annotation_id": 10}]  # the input boxes, in stored pixels
+    # "relabel" is optional (absent here, checked when present); "boxes" is required
+    assert "relabel" not in doc
+    assert [i.item for i in check_field(schema.field("json"), json.dumps({**doc, "relabel": 3}).encode())] == [
+        "json.relabel"]
+    no_boxes = {k: v for k, v in doc.items() if k != "boxes"}
+    assert [(i.item, i.what) for i in check_field(schema.field("json"), json.dumps(no_boxes).encode())] == [
+        ("json.boxes", "missing property")]
     strict = BuildSegmentationSamples(filter=SegmentationFilterConfig(max_ignore_fraction=0.0))
     batch["ignore_fraction"] = [0.25]
     filtered = strict(dict(batch, tags=[[]], image_id=[7], file_name=["a.jpg"], dropped=[[]]))
