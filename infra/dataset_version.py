@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import re
+import tarfile
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -51,13 +52,16 @@ from labelmill.infra.formats.shards import (
     member_key,
     members_tar_size,
     plan_shards,
+    sample_key_from_member,
     sample_tar_size,
+    split_member_name,
     write_tar,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "iter_shard_samples",
     "LATEST",
     "SUCCESS",
     "VERSIONS_DIR",
@@ -201,6 +205,35 @@ def shard_urls(version: str) -> list[str]:
         root = _out_root(version)
         return [storage.safe_join(root, entry["path"]) for entry in manifest]
     return storage.list_files(storage.safe_join(version, SHARDS_DIR), "*.tar")
+
+
+def iter_shard_samples(version: str) -> Iterator[tuple[str, str, dict[str, tuple[int, bytes]]]]:
+    """``(shard URL, sample key, {extension: (data offset in the shard, bytes)})`` for every
+    sample of a version, shards streamed (``tarfile`` mode ``r|``), in shard and member order.
+
+    A sample's members are consecutive in a shard (the WebDataset layout); a key met again after
+    another key is a ``ValueError`` naming the shard.
+    """
+    seen: set[str] = set()
+    for url in shard_urls(version):
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+            key, members = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                stem, extension = split_member_name(member.name)
+                sample_key = sample_key_from_member(stem)
+                if sample_key != key:
+                    if key is not None:
+                        yield url, key, members
+                    if sample_key in seen:
+                        raise ValueError(f"{url}: sample {sample_key!r} appears twice or not contiguously")
+                    seen.add(sample_key)
+                    key, members = sample_key, {}
+                members[extension] = (member.offset_data, tar.extractfile(member).read())
+            if key is not None:
+                yield url, key, members
 
 
 def _read_table(url: str) -> pa.Table:

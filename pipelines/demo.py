@@ -126,13 +126,18 @@ def run_segmentation_demo(out: str, cfg: Any, synth: Any, *, engine: str) -> tup
     log.info("writing a synthetic segmentation corpus of %d images to %s", synth.num_images, corpus)
     write_segmentation_corpus(corpus, synth)
     cfg = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, stuff=tuple(synth.stuff_classes)))
-    dataset = storage.join(out, "seg_dataset")
-    gt = storage.join(corpus, "annotations.json")
+    return _label_and_score(cfg, corpus, storage.join(corpus, "annotations.json"), storage.join(out, "seg_dataset"),
+                            engine=engine, what="segmentation")
+
+
+def _label_and_score(cfg: Any, corpus: str, gt: str, dataset: str, *, engine: str,
+                     what: str) -> tuple[SegmentationRun, dict[str, Any]]:
+    """``run segmentation`` of ``corpus``'s COCO ``gt`` into ``dataset``, validated, then scored against ``gt``."""
     run = run_segmentation(cfg, input_url=gt, output_url=dataset, images=storage.join(corpus, "images"),
                            engine_name=engine)
     problems = validate_version(dataset)
     if problems:
-        raise RuntimeError(f"the demo segmentation dataset {dataset} does not validate: {problems[0]}")
+        raise RuntimeError(f"the demo {what} dataset {dataset} does not validate: {problems[0]}")
     return run, evaluate_segmentation(dataset, gt)
 
 
@@ -160,10 +165,4 @@ def run_voc_photo_demo(out: str, cfg: Any, npz: Path, *, engine: str) -> tuple[S
 
     corpus = storage.join(out, "voc_photo")
     gt = write_voc_npz_corpus(str(npz), corpus)
-    dataset = storage.join(out, "voc_dataset")
-    run = run_segmentation(cfg, input_url=gt, output_url=dataset, images=storage.join(corpus, "images"),
-                           engine_name=engine)
-    problems = validate_version(dataset)
-    if problems:
-        raise RuntimeError(f"the demo VOC-photo dataset {dataset} does not validate: {problems[0]}")
-    return run, evaluate_segmentation(dataset, gt)
+    return _label_and_score(cfg, corpus, gt, storage.join(out, "voc_dataset"), engine=engine, what="VOC-photo")

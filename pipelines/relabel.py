@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import tarfile
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -48,6 +47,7 @@ from labelmill.infra import storage
 from labelmill.infra.config import ConfigError, dump_yaml
 from labelmill.infra.dataset_version import (
     SUCCESS,
+    iter_shard_samples,
     read_inputs,
     read_manifest,
     read_stats,
@@ -57,7 +57,7 @@ from labelmill.infra.dataset_version import (
 )
 from labelmill.infra.engines.config import EngineConfig
 from labelmill.infra.formats.items import STATUS_FAILED, STATUS_PENDING
-from labelmill.infra.formats.shards import ShardConfig, sample_key_from_member, split_member_name
+from labelmill.infra.formats.shards import ShardConfig
 from labelmill.infra.pipeline import Pipeline, Stage
 from labelmill.infra.results import code_fingerprint, digest, package_code_hash
 from labelmill.infra.versioned_run import VersionedRunSpec, run_versioned
@@ -65,7 +65,7 @@ from labelmill.models.model_files import write_model_bytes
 from labelmill.models.segnet import SegNetConfig, train_segnet
 from labelmill.operators.segmentation.images import decode_image_bytes
 from labelmill.operators.segmentation.relabel import RelabelImages, relabel_samples
-from labelmill.operators.segmentation.samples import SegmentationFilterConfig, failed_input_row
+from labelmill.operators.segmentation.samples import SegmentationFilterConfig, input_row_function
 
 log = logging.getLogger(__name__)
 
@@ -166,26 +166,8 @@ def _source_sample(key: str, shard_url: str, members: Mapping[str, tuple[int, by
 
 def read_source_samples(version: str) -> Iterator[SourceSample]:
     """Every sample of a version, shards streamed (``tarfile`` mode ``r|``), members grouped by key."""
-    seen: set[str] = set()
-    for url in shard_urls(version):
-        fs, path = storage.filesystem(url)
-        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-            key, members = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                member_key, extension = split_member_name(member.name)
-                sample_key = sample_key_from_member(member_key)
-                if sample_key != key:
-                    if key is not None:
-                        yield _source_sample(key, url, members)
-                    if sample_key in seen:
-                        raise ValueError(f"{url}: sample {sample_key!r} appears twice or not contiguously")
-                    seen.add(sample_key)
-                    key, members = sample_key, {}
-                members[extension] = (member.offset_data, tar.extractfile(member).read())
-            if key is not None:
-                yield _source_sample(key, url, members)
+    for url, key, members in iter_shard_samples(version):
+        yield _source_sample(key, url, members)
 
 
 def _source_identity(version: str) -> str:
@@ -319,20 +301,6 @@ def _names(samples: list[SourceSample], boxes: Mapping[str, Mapping[str, list]])
     return names
 
 
-def _input_row_function(items: list[dict[str, Any]]):
-    by_key = {str(item["key"]): item for item in items}
-
-    def input_row(row: dict[str, Any]) -> dict[str, Any]:
-        if row.get("status") == STATUS_FAILED or row.get("input_row") is None:
-            item = by_key.get(str(row["key"]), {})
-            return failed_input_row(str(row["key"]), str(row.get("reason") or "failed"),
-                                    image_id=item.get("image_id"), file_name=item.get("file_name"),
-                                    boxes_in=len(item.get("boxes") or []), decoded=row.get("image_width") is not None)
-        return dict(row["input_row"])
-
-    return input_row
-
-
 def _summary(version: str) -> dict[str, Any]:
     """Samples, statuses and the mean ignore / labelled fractions of the written inputs."""
     rows = read_inputs(version).to_pylist()
@@ -404,7 +372,7 @@ def _one_round(cfg: RelabelConfig, round_no: int, source: Any, out: str, *, full
         name="relabel", schema="segmentation", shard_config=cfg.shards, config_yaml=config_yaml,
         config_digest=digest("relabel-version", _config_without_engine(cfg), round_no, source_id, sha,
                              code_fingerprint(["labelmill.pipelines.relabel"])),
-        input_row=_input_row_function(items), inline=_SUMMARY,
+        input_row=input_row_function(items), inline=_SUMMARY,
         extra_files=lambda rows: {RELABEL_FILE: json.dumps(provenance, sort_keys=True, indent=1).encode()})
     run = run_versioned(spec, pipeline, items, output_url=out, engine_cfg=cfg.engine, full=full)
     storage.write_text(round_record_url, json.dumps({"version_id": run.version_id, "model": sha, "losses": losses,

@@ -42,7 +42,7 @@ from labelmill.infra.versioned_run import VersionedRun, VersionedRunSpec, run_ve
 from labelmill.models.model_files import write_model_bytes
 from labelmill.operators.segmentation.crf_refine import CRF_LABEL_COLUMNS, RefineCRF
 from labelmill.operators.segmentation.images import DecodeImage
-from labelmill.operators.segmentation.samples import BuildSegmentationSamples, failed_input_row
+from labelmill.operators.segmentation.samples import BuildSegmentationSamples, input_row_function
 from labelmill.operators.segmentation.stuff import STUFF_LABEL_COLUMNS, StuffFromTags
 from labelmill.operators.segmentation.tag_classifier import train_tag_classifier, training_items
 from labelmill.operators.segmentation.things import LABEL_COLUMNS, BoxThings
@@ -152,21 +152,6 @@ def config_digest(cfg: Any) -> str:
                   code_fingerprint(_WRITER_MODULES))
 
 
-def _input_row_function(items: list[dict[str, Any]]):
-    by_key = {str(item["key"]): item for item in items}
-
-    def input_row(row: dict[str, Any]) -> dict[str, Any]:
-        if row.get("status") == STATUS_FAILED or row.get("input_row") is None:
-            item = by_key.get(str(row["key"]), {})
-            return failed_input_row(str(row["key"]), str(row.get("reason") or "failed"),
-                                    image_id=item.get("image_id"), file_name=item.get("file_name"),
-                                    boxes_in=len(item.get("boxes") or []), boxes_dropped=len(item.get("dropped") or []),
-                                    decoded=row.get("image_width") is not None)
-        return dict(row["input_row"])
-
-    return input_row
-
-
 def run_segmentation(cfg: Any, *, input_url: str, output_url: str, engine_name: str | None = None,
                      full: bool = False, images: str | None = None) -> SegmentationRun:
     """Label every image of ``input_url`` (COCO instances JSON or VOC folder) into ``output_url``.
@@ -185,6 +170,6 @@ def run_segmentation(cfg: Any, *, input_url: str, output_url: str, engine_name: 
         name="segmentation", schema="segmentation", shard_config=cfg.shards,
         config_yaml=dump_yaml(cfg) + "\n# fingerprints\n" + "".join(
             f"# {k}: {v}\n" for k, v in sorted(fingerprints(classifier).items())),
-        config_digest=config_digest(cfg), input_row=_input_row_function(items), inline=_SUMMARY)
+        config_digest=config_digest(cfg), input_row=input_row_function(items), inline=_SUMMARY)
     return run_versioned(spec, build_segmentation_pipeline(cfg, classifier=classifier), items, output_url=output_url,
                          engine_cfg=cfg.engine, full=full)

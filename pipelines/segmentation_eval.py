@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import sys
-import tarfile
 from collections import Counter
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -42,9 +41,8 @@ import numpy as np
 import yaml
 
 from labelmill.infra import storage
-from labelmill.infra.dataset_version import CONFIG_FILE, resolve_version, shard_urls
+from labelmill.infra.dataset_version import CONFIG_FILE, iter_shard_samples, resolve_version
 from labelmill.infra.formats.coco import CocoAnnotation, CocoDocument, parse_coco_instances
-from labelmill.infra.formats.shards import sample_key_from_member, split_member_name
 from labelmill.models.segmentation_metrics import PanopticAccumulator, SemanticAccumulator, coco_gt_masks
 
 __all__ = ["evaluate_segmentation", "SegmentationScorer", "iter_samples", "register_segmentation_eval"]
@@ -81,26 +79,8 @@ def iter_samples(version_url: str) -> Iterator[dict[str, Any]]:
     Shards are streamed (``tarfile`` mode ``r|``); a sample's members are consecutive in a shard
     (WebDataset layout), a key met again after another key is a ValueError.
     """
-    seen: set[str] = set()
-    for url in shard_urls(version_url):
-        fs, path = storage.filesystem(url)
-        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-            key, fields = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                member_key, extension = split_member_name(member.name)
-                sample_key = sample_key_from_member(member_key)
-                if sample_key != key:
-                    if key is not None:
-                        yield _sample(key, fields)
-                    if sample_key in seen:
-                        raise ValueError(f"{url}: sample {sample_key!r} appears twice or not contiguously")
-                    seen.add(sample_key)
-                    key, fields = sample_key, {}
-                fields[extension] = tar.extractfile(member).read()
-            if key is not None:
-                yield _sample(key, fields)
+    for _, key, members in iter_shard_samples(version_url):
+        yield _sample(key, {extension: data for extension, (_, data) in members.items()})
 
 
 # --------------------------------------------------------------------------- scoring

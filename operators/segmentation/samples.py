@@ -34,7 +34,7 @@ from labelmill.infra.formats.shards import Sample, encode_json, sample_tar_size,
 from labelmill.operators.segmentation.things import LABEL_COLUMNS
 
 
-__all__ = ["SegmentationFilterConfig", "BuildSegmentationSamples", "image_sample", "failed_input_row",
+__all__ = ["SegmentationFilterConfig", "BuildSegmentationSamples", "image_sample", "failed_input_row", "input_row_function",
            "KEPT", "NO_BOXES", "NO_SEGMENTS"]
 
 KEPT, NO_BOXES, NO_SEGMENTS = "kept", "no_boxes", "no_segments"
@@ -86,6 +86,23 @@ def failed_input_row(input_key: str, reason: str, *, image_id: Any = None, file_
         "boxes_skipped": 0, "ignore_fraction": None, "labelled_fraction": None,
         "frames_in": int(bool(decoded)), "frames_fitted": 0, "frames_written": 0,
     }
+
+
+def input_row_function(items: list[Mapping[str, Any]]):
+    """``row -> inputs.parquet row`` for a run over ``items``: the samples stage's row, or for an
+    item that failed before it (or has none) a failed row built from the work item."""
+    by_key = {str(item["key"]): item for item in items}
+
+    def input_row(row: Mapping[str, Any]) -> dict[str, Any]:
+        if row.get("status") == STATUS_FAILED or row.get("input_row") is None:
+            item = by_key.get(str(row["key"]), {})
+            return failed_input_row(str(row["key"]), str(row.get("reason") or "failed"),
+                                    image_id=item.get("image_id"), file_name=item.get("file_name"),
+                                    boxes_in=len(item.get("boxes") or []), boxes_dropped=len(item.get("dropped") or []),
+                                    decoded=row.get("image_width") is not None)
+        return dict(row["input_row"])
+
+    return input_row
 
 
 def _box_entries(row: Mapping[str, Any], boxes_column: str) -> list[dict[str, Any]]:
