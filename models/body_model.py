@@ -46,8 +46,13 @@ class BodyModelConfig:
 
     path: str | None = None  # SMPL .pkl or .npz (local path or fsspec URL); None = embedded default body
     num_betas: int = 10  # shape coefficients used (at most the file's number of shape directions)
+    # Load a .pkl with Python's full unpickler (runs whatever the file asks): only for files you
+    # trust. Off: only the numpy/scipy/chumpy globals SMPL files need (models/legacy_pickle.py).
+    trust_pickle: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.trust_pickle, bool):
+            raise ValueError(f"trust_pickle must be true or false, got {self.trust_pickle!r}")
         if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
             raise ValueError(f"path must be a non-empty path to an SMPL .pkl/.npz or null, got {self.path!r}")
         if isinstance(self.num_betas, bool) or not isinstance(self.num_betas, int) or not 1 <= self.num_betas <= 300:
@@ -75,7 +80,7 @@ def _read_bytes(path: str) -> bytes:
         raise BodyModelError(f"body model file {path} cannot be read: {exc}") from exc
 
 
-def load_body_arrays(path: str) -> dict[str, Any]:
+def load_body_arrays(path: str, *, trust_pickle: bool = False) -> dict[str, Any]:
     """The SMPL arrays of a ``.pkl`` (chumpy-free) or ``.npz`` file, checked for keys and shapes.
 
     ``J_regressor`` may stay a scipy sparse matrix (as in SMPL's pickles); extra keys are kept.
@@ -87,9 +92,9 @@ def load_body_arrays(path: str) -> dict[str, Any]:
     data = _read_bytes(path)
     if lower.endswith(".pkl"):
         try:
-            arrays = load_legacy_pickle(data)
+            arrays = load_legacy_pickle(data, trust=trust_pickle)
         except LegacyPickleError as exc:
-            raise BodyModelError(f"body model file {path}: {exc}") from exc
+            raise BodyModelError(f"body model file {path}: {str(exc).removeprefix('<bytes>: ')}") from None
         if not isinstance(arrays, dict):
             raise BodyModelError(f"body model file {path}: holds a {type(arrays).__name__}, not a dict of arrays")
     else:
@@ -143,11 +148,12 @@ class BodyModel(torch.nn.Module):
     joints and keypoints (to float rounding) without skinning the mesh, and is differentiable.
     """
 
-    def __init__(self, *, path: str | None = None, num_betas: int = 10, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, *, path: str | None = None, num_betas: int = 10, dtype: torch.dtype = torch.float32,
+                 trust_pickle: bool = False) -> None:
         super().__init__()
-        BodyModelConfig(path=path, num_betas=num_betas)  # validates the arguments
+        BodyModelConfig(path=path, num_betas=num_betas, trust_pickle=trust_pickle)  # validates the arguments
         source = path if path is not None else "<embedded default body>"
-        arrays = default_body_arrays() if path is None else load_body_arrays(path)
+        arrays = default_body_arrays() if path is None else load_body_arrays(path, trust_pickle=trust_pickle)
         check_body_arrays(arrays, source=source, num_betas=num_betas)
         data = {key: arrays[key] for key in _REQUIRED_KEYS}
         data["shapedirs"] = np.asarray(arrays["shapedirs"])[:, :, :num_betas]
@@ -176,7 +182,7 @@ class BodyModel(torch.nn.Module):
 
     @classmethod
     def from_config(cls, cfg: BodyModelConfig, *, dtype: torch.dtype = torch.float32) -> "BodyModel":
-        return cls(path=cfg.path, num_betas=cfg.num_betas, dtype=dtype)
+        return cls(path=cfg.path, num_betas=cfg.num_betas, dtype=dtype, trust_pickle=cfg.trust_pickle)
 
     def _register_fast_path_buffers(self, landmark_ids: torch.Tensor) -> None:
         """Fold the regressor into template/shape directions; keep the landmark rows (float64 maths)."""

@@ -2,9 +2,13 @@
 
 The official SMPL pickles are Python 2 pickles whose arrays are ``chumpy.ch.Ch`` objects, and
 chumpy does not import on numpy >= 1.24. This reader never imports chumpy: a restricted
-unpickler admits only numpy arrays/dtypes, scipy sparse matrices and plain containers, and
-turns every ``chumpy.*`` object into the numpy array it holds (its ``x`` state). Anything else
-(an arbitrary class or function) is refused, so loading a pickle cannot run foreign code.
+unpickler admits exactly the globals such files need (``_ALLOWED``: numpy's array and scalar
+reconstruction, ``ndarray``, ``dtype``, scipy's csc/csr/coo matrices, ``copyreg._reconstructor``,
+``_codecs.encode``, ``OrderedDict`` and plain builtin containers), and turns every
+``chumpy.*`` object into a stand-in that only keeps its state, then into the numpy array it
+holds (its ``x``). Anything else (any other numpy or scipy callable, ``os.system``, ``eval``,
+``builtins.getattr``, ...) is refused before it is called, so loading a pickle cannot run
+foreign code. A file may still be large: it is read whole into memory.
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ class LegacyPickleError(ValueError):
     """The file is not a pickle of plain arrays (or chumpy arrays) we can read safely."""
 
 
-_ALLOWED_PREFIXES = (
-    "numpy.",
-    "numpy",
-    "scipy.sparse",
-    "copy_reg",
-    "copyreg",
-    "__builtin__",
-    "builtins",
-    "collections",
-    "_codecs",
+# Exactly the globals real SMPL / SMPLify pickles (Python 2 protocol 2 and later protocols of
+# the same content) need, under their old and new module names; anything else is refused.
+_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
+_SPARSE = ("csc_matrix", "csr_matrix", "coo_matrix")
+_ALLOWED: frozenset[tuple[str, str]] = frozenset(
+    [(m, "_reconstruct") for m in _NUMPY_CORE]  # ndarray.__reduce__
+    + [(m, "scalar") for m in _NUMPY_CORE]  # numpy scalars (np.float64(1.5))
+    + [("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")]  # protocol 5 arrays
+    + [("numpy", "ndarray"), ("numpy", "dtype")]
+    + [(f"scipy.sparse.{kind[:3]}", kind) for kind in _SPARSE]  # scipy < 1.8 module names (SMPL's J_regressor)
+    + [(f"scipy.sparse._{kind[:3]}", kind) for kind in _SPARSE]
+    + [("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor")]  # new-style objects (chumpy's Ch)
+    + [("_codecs", "encode")]  # bytes written by Python 3 at protocol 2
+    + [("collections", "OrderedDict")]
 )
 _BUILTINS_OK = {"set", "frozenset", "list", "dict", "tuple", "object", "slice", "complex", "bytearray", "int", "float"}
 
@@ -62,16 +70,21 @@ class _ChumpyStand:
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "chumpy" or module.startswith("chumpy."):
-            return _ChumpyStand
+            return _ChumpyStand  # holds state only; nothing of chumpy runs
         if module in ("__builtin__", "builtins"):
             if name in _BUILTINS_OK:
                 import builtins
 
                 return getattr(builtins, name)
             raise LegacyPickleError(f"pickle refers to builtins.{name}, which is not allowed")
-        if module.startswith(_ALLOWED_PREFIXES):
+        if (module, name) in _ALLOWED:
+            if module.startswith("scipy.sparse"):  # old module names resolve to today's classes
+                import scipy.sparse
+
+                return getattr(scipy.sparse, name)
             return super().find_class(module, name)
-        raise LegacyPickleError(f"pickle refers to {module}.{name}; only numpy/scipy arrays and chumpy are allowed")
+        raise LegacyPickleError(f"pickle refers to {module}.{name}; only numpy/scipy arrays and chumpy are allowed "
+                                "(trust_pickle loads any pickle, for files you trust)")
 
 
 def plain_arrays(obj: Any) -> Any:
@@ -87,11 +100,13 @@ def plain_arrays(obj: Any) -> Any:
     return obj
 
 
-def load_legacy_pickle(source: str | bytes) -> Any:
+def load_legacy_pickle(source: str | bytes, *, trust: bool = False) -> Any:
     """Load a research pickle (path or raw bytes) into plain numpy/scipy objects.
 
     Python 2 pickles are decoded with ``latin1`` as numpy requires. Raises
     :class:`LegacyPickleError` naming the file and reason for anything unsafe or unreadable.
+    ``trust=True`` (the documented ``trust_pickle`` config options) drops the allow-list and
+    runs whatever the file asks for: only for files you made or trust, never for downloads.
     """
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     if isinstance(source, (bytes, bytearray)):
@@ -100,7 +115,8 @@ def load_legacy_pickle(source: str | bytes) -> Any:
         with open(source, "rb") as f:
             data = f.read()
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        unpickler = pickle.Unpickler if trust else _RestrictedUnpickler
+        obj = unpickler(io.BytesIO(data), encoding="latin1").load()
     except LegacyPickleError as exc:
         raise LegacyPickleError(f"{name}: {exc}") from exc
     except Exception as exc:  # truncated or not a pickle at all

@@ -58,8 +58,13 @@ class PriorConfig:
     path: str | None = None
     # "sum": exact -log sum_k g_k N_k; "max": SMPLify's approximation -log max_k g_k N_k
     mode: Literal["sum", "max"] = "sum"
+    # Load a pickle with Python's full unpickler (runs whatever the file asks): only for files you
+    # trust. Off: only the numpy globals gmm_08.pkl needs (models/legacy_pickle.py).
+    trust_pickle: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.trust_pickle, bool):
+            raise ValueError(f"trust_pickle must be true or false, got {self.trust_pickle!r}")
         if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
             raise ValueError(f"path must be a non-empty string or null (embedded default), got {self.path!r}")
         if self.mode not in _MODES:
@@ -276,14 +281,14 @@ class GMMPosePrior(nn.Module):
 
     @classmethod
     def from_file(
-        cls, path: str, *, mode: PriorMode = "sum", dtype: torch.dtype = torch.float32
+        cls, path: str, *, mode: PriorMode = "sum", dtype: torch.dtype = torch.float32, trust_pickle: bool = False
     ) -> "GMMPosePrior":
         """Load our ``.npz`` or SMPLify's ``gmm_08.pkl`` (dict ``means``/``covars``/``weights``).
 
         The format is told by the file's first bytes (zip: npz; otherwise a pickle, read with
         the chumpy-free :func:`labelmill.models.legacy_pickle.load_legacy_pickle`).
         """
-        from labelmill.models.legacy_pickle import load_legacy_pickle
+        from labelmill.models.legacy_pickle import LegacyPickleError, load_legacy_pickle
         from labelmill.models.model_files import read_model_bytes
 
         data = read_model_bytes(path, what="pose prior file")
@@ -295,7 +300,12 @@ class GMMPosePrior(nn.Module):
                 if "provenance" in npz.files:
                     provenance = str(npz["provenance"])
         else:
-            loaded = load_legacy_pickle(data)
+            try:
+                loaded = load_legacy_pickle(data, trust=trust_pickle)
+            except LegacyPickleError as exc:
+                reason = str(exc).removeprefix("<bytes>: ")
+                raise ValueError(f"pose prior file {path}: neither an .npz (zip) archive nor a safe pickle of "
+                                 f"means/covars/weights: {reason}") from None
             if not isinstance(loaded, dict):
                 raise ValueError(
                     f"pose prior file {path}: expected a dict with means/covars/weights, got {type(loaded).__name__}"
@@ -324,7 +334,7 @@ class GMMPosePrior(nn.Module):
         """Build from a :class:`PriorConfig` (``path=None``: the embedded default)."""
         if config.path is None:
             return cls.default(mode=config.mode, dtype=dtype)
-        return cls.from_file(config.path, mode=config.mode, dtype=dtype)
+        return cls.from_file(config.path, mode=config.mode, dtype=dtype, trust_pickle=config.trust_pickle)
 
     def save_npz(self, path: str, *, dtype: Any = np.float32) -> None:
         """Write means/covars/weights (and provenance, if any) as a compressed ``.npz``, atomically."""
