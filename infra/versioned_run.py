@@ -30,7 +30,7 @@ from labelmill.infra.config import ConfigError
 from labelmill.infra.dataset_version import DatasetVersionWriter, read_latest, read_stats, version_url
 from labelmill.infra.engines import get_engine
 from labelmill.infra.engines.config import EngineConfig
-from labelmill.infra.formats.items import STATUS_FAILED
+from labelmill.infra.formats.items import STATUS_FAILED, STATUS_WRITTEN
 from labelmill.infra.formats.shards import ShardConfig
 from labelmill.infra.leases import run_lease
 from labelmill.infra.packing import (
@@ -88,6 +88,7 @@ class VersionedRun:
     version_id: str
     stats: dict[str, Any]
     up_to_date: bool = False
+    latest_moved: bool = True  # False: nothing was written, so LATEST still names the previous version
 
 
 def _planned_chains(pipeline: Pipeline, items: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -173,8 +174,13 @@ def _pack(engine: Any, spec: VersionedRunSpec, out_url: str, shards: list[ShardS
 
 
 def run_versioned(spec: VersionedRunSpec, base: Pipeline, items: list[dict[str, Any]], *, output_url: str,
-                  engine_cfg: EngineConfig, full: bool = False) -> VersionedRun:
-    """Run ``base`` over ``items`` into ``output_url`` and commit a version (module docstring)."""
+                  engine_cfg: EngineConfig, full: bool = False, allow_empty: bool = False) -> VersionedRun:
+    """Run ``base`` over ``items`` into ``output_url`` and commit a version (module docstring).
+
+    A run in which no input was written (every one failed or was filtered) still commits its
+    version, so the accounting of every input is kept, but does not move LATEST: readers keep
+    the last version that has data (``latest_moved`` False), unless ``allow_empty``.
+    """
     t0 = time.perf_counter()
     stage_names = [s.name for s in base.stages]
     files = {spec.samples_stage: {"fragment_tar": "tar"}}
@@ -203,13 +209,15 @@ def run_versioned(spec: VersionedRunSpec, base: Pipeline, items: list[dict[str, 
         stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"], **work.get(s["name"], {})}
                   for s in run_stats.get("stages", [])}
         stages[PACK_STAGE] = {"items": len(packed), "seconds": pack_seconds, **work[PACK_STAGE]}
+        input_rows = [spec.input_row(row) for row in rows]
+        move_latest = allow_empty or any(r.get("status") == STATUS_WRITTEN for r in input_rows)
         with DatasetVersionWriter(output_url, shard_config=spec.shard_config, config_yaml=spec.config_yaml,
-                                  schema=spec.schema) as writer:
+                                  schema=spec.schema, set_latest=move_latest) as writer:
             for shard in shards:
                 sidecar = packed.get(shard.name) or read_sidecar(output_url, shard.name)
                 writer.add_shared_shard(shard.name, f"{SHARD_OBJECTS}/{shard.name}.tar", sidecar,
                                         index_url=shard_object_url(output_url, shard.name, INDEX_EXTENSION))
-            writer.record_inputs([spec.input_row(row) for row in rows])
+            writer.record_inputs(input_rows)
             for name, data in spec.extra_files(rows).items():
                 writer.write_file(name, data)
             writer.write_file(RESULTS_FILE, results_table_bytes(
@@ -222,4 +230,7 @@ def run_versioned(spec: VersionedRunSpec, base: Pipeline, items: list[dict[str, 
     url = version_url(output_url, version_id)
     stats = read_stats(url)
     log.info("%s: wrote %s (inputs %s)", spec.name, url, stats["inputs"])
-    return VersionedRun(version_url=url, version_id=version_id, stats=stats)
+    if not move_latest:
+        log.warning("%s: no input of %d was written; %s is committed for its accounting but LATEST was not moved",
+                    spec.name, len(rows), url)
+    return VersionedRun(version_url=url, version_id=version_id, stats=stats, latest_moved=move_latest)

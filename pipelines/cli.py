@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``pipelines/commands/<name>.py`` and exposes
 ``register(subparsers) -> None``; the parser it adds sets ``handler=fn(args) -> int``.
-Exit codes: 0 ok, 2 usage or config error, 1 run failure.
+Exit codes: 0 ok, 2 usage or config error (or a preflight check: nothing was computed), 1 run
+failure (also a run in which no input was written).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import sys
 
 from labelmill.infra.config import ConfigError
+from labelmill.infra.preflight import PreflightError
 
 log = logging.getLogger("labelmill")
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.quiet)
     try:
         return int(args.handler(args) or EXIT_OK)
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, PreflightError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except KeyboardInterrupt:

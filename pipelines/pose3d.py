@@ -33,6 +33,7 @@ from labelmill.infra.persisted_stage import KEYS_COLUMN, WORK_COLUMN
 from labelmill.infra.pipeline import Pipeline, Stage
 from labelmill.infra.results import RESULTS_DIR, code_fingerprint, digest, package_code_hash
 from labelmill.infra.versioned_run import VersionedRun, VersionedRunSpec, run_versioned
+from labelmill.infra.preflight import check_inputs, check_model_file, check_output
 from labelmill.operators.common.decode import DecodeVideo
 from labelmill.operators.pose3d.bundle_adjust import BundleAdjust
 from labelmill.operators.pose3d.keypoint_init import KeypointInit
@@ -135,7 +136,7 @@ def config_digest(cfg: Any) -> str:
 
 
 def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | None = None,
-               full: bool = False) -> Pose3dRun:
+               full: bool = False, allow_empty: bool = False) -> Pose3dRun:
     """Run pose3d on ``input_url`` (a corpus: Kinetics CSV/dir, directory, file, manifest) into ``output_url``.
 
     Every stage result is stored under ``OUT/results`` by the worker that computes it and reused
@@ -143,11 +144,19 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
     Shards are packed by engine tasks into ``OUT/objects/shards``, shared by versions.
     When LATEST already holds what this run would write (same inputs, same stage keys, same
     config apart from the engine), nothing runs and LATEST is returned with ``up_to_date``
-    (:func:`~labelmill.infra.versioned_run.run_versioned`).
+    (:func:`~labelmill.infra.versioned_run.run_versioned`; ``allow_empty``: move LATEST even
+    when no input was written). Before anything runs, the output must take a write, the model
+    files the config names must exist and the corpus must hold an input
+    (:class:`~labelmill.infra.preflight.PreflightError` otherwise).
     """
     if engine_name is not None:
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, name=engine_name))
+    check_output(output_url)
+    check_model_file(cfg.body_model.path, "body_model.path")
+    check_model_file(cfg.prior.path, "prior.path")
+    check_model_file(cfg.keypoint_init.weights, "keypoint_init.weights")
     items = read_corpus(input_url).to_pylist()
+    check_inputs(items, input_url, "videos")
     log.info("pose3d: %d inputs from %s, engine %s", len(items), input_url, cfg.engine.name)
     spec = VersionedRunSpec(
         name="pose3d", schema="pose3d", shard_config=cfg.shards,
@@ -156,7 +165,7 @@ def run_pose3d(cfg: Any, *, input_url: str, output_url: str, engine_name: str | 
         config_digest=config_digest(cfg), input_row=_input_row, inline=_SUMMARY,
         extra_files=lambda rows: {FITS_FILE: _fits_index(rows)} if cfg.write_fits else {})
     run = run_versioned(spec, build_pose3d_pipeline(cfg, input_url), items, output_url=output_url,
-                        engine_cfg=cfg.engine, full=full)
+                        engine_cfg=cfg.engine, full=full, allow_empty=allow_empty)
     if not run.up_to_date:
         log.info("pose3d: frames %s", run.stats["frames"])
     return run

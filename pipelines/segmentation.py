@@ -35,6 +35,7 @@ from labelmill.infra.engines.config import EngineConfig
 from labelmill.infra.formats.coco import parse_coco_instances
 from labelmill.infra.formats.items import STATUS_FAILED
 from labelmill.infra.pipeline import Pipeline, Stage
+from labelmill.infra.preflight import check_inputs, check_model_file, check_output
 from labelmill.infra.results import code_fingerprint, digest, package_code_hash
 from labelmill.infra.storage import file_fingerprint
 from labelmill.infra.segmentation_corpus import detect_segmentation_kind, read_segmentation_corpus
@@ -153,17 +154,23 @@ def config_digest(cfg: Any) -> str:
 
 
 def run_segmentation(cfg: Any, *, input_url: str, output_url: str, engine_name: str | None = None,
-                     full: bool = False, images: str | None = None) -> SegmentationRun:
+                     full: bool = False, images: str | None = None, allow_empty: bool = False) -> SegmentationRun:
     """Label every image of ``input_url`` (COCO instances JSON or VOC folder) into ``output_url``.
 
     ``images``: the folder image file names are relative to (default: the JSON's folder / the
     VOC ``JPEGImages``). Incremental and engine-independent like :func:`~labelmill.pipelines.pose3d.run_pose3d`:
     stored stage results are reused (``full`` recomputes them), and when LATEST already holds
-    what this run would write nothing runs (``up_to_date``).
+    what this run would write nothing runs (``up_to_date``). ``allow_empty``: move LATEST even
+    when no image was written. Preflight as pose3d's: a writable output, an existing
+    ``stuff.classifier``, at least one image.
     """
     if engine_name is not None:
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, name=engine_name))
+    check_output(output_url)
+    if cfg.stuff.enabled:
+        check_model_file(cfg.stuff.classifier, "stuff.classifier")
     items = segmentation_items(cfg, input_url, images)
+    check_inputs(items, input_url, "images")
     log.info("segmentation: %d images from %s, engine %s", len(items), input_url, cfg.engine.name)
     classifier = resolve_classifier(cfg, items, output_url)
     spec = VersionedRunSpec(
@@ -172,4 +179,4 @@ def run_segmentation(cfg: Any, *, input_url: str, output_url: str, engine_name: 
             f"# {k}: {v}\n" for k, v in sorted(fingerprints(classifier).items())),
         config_digest=config_digest(cfg), input_row=input_row_function(items), inline=_SUMMARY)
     return run_versioned(spec, build_segmentation_pipeline(cfg, classifier=classifier), items, output_url=output_url,
-                         engine_cfg=cfg.engine, full=full)
+                         engine_cfg=cfg.engine, full=full, allow_empty=allow_empty)

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pose3d.add_argument("--full", action="store_true",
                         help="recompute every stage result instead of reusing those stored under OUTPUT/results "
                              "(by default a run is incremental: only what changed is computed)")
+    pose3d.add_argument("--allow-empty", action="store_true",
+                        help="move LATEST even when no input was written (default: such a version is committed for "
+                             "its accounting, LATEST stays, and the command exits 1)")
     pose3d.add_argument("--beam-option", dest="beam_options", action="append", default=[], metavar="OPT",
                         help="a Beam pipeline option passed through, e.g. --beam-option=--runner=FlinkRunner (repeatable)")
     add_config_args(pose3d)
@@ -47,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="execution engine (default: engine.name from the config, local)")
     seg.add_argument("--full", action="store_true",
                      help="recompute every stage result instead of reusing those stored under OUTPUT/results")
+    seg.add_argument("--allow-empty", action="store_true",
+                     help="move LATEST even when no image was written (default: LATEST stays and the command exits 1)")
     add_config_args(seg)
     seg.set_defaults(handler=_segmentation)
     relabel = sub.add_parser(
@@ -82,7 +87,7 @@ def _pose3d(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(
             cfg.engine, beam_options=[*cfg.engine.beam_options, *args.beam_options]))
     run = run_pose3d(cfg, input_url=args.input, output_url=args.output.rstrip("/"), engine_name=args.engine,
-                     full=args.full)
+                     full=args.full, allow_empty=args.allow_empty)
     inputs, frames = run.stats["inputs"], run.stats["frames"]
     if run.up_to_date:
         sys.stdout.write(f"labelmill run pose3d: up to date: {run.version_url} already holds these inputs "
@@ -95,7 +100,16 @@ def _pose3d(args: argparse.Namespace) -> int:
         f"  frames in {frames['in']}, fitted {frames['fitted']}, kept {frames['kept']}; "
         f"{run.stats['samples']} samples in {run.stats['shards']} shards\n"
     )
-    return 0
+    return _empty_run_status("pose3d", run)
+
+
+def _empty_run_status(name: str, run) -> int:
+    """1 (and a line saying so) when the run wrote no input and LATEST stayed, else 0."""
+    if run.latest_moved:
+        return 0
+    sys.stdout.write(f"labelmill run {name}: no input was written (see {run.version_url}/inputs.parquet for each "
+                     f"reason); LATEST was not moved (--allow-empty moves it)\n")
+    return 1
 
 
 def _segmentation(args: argparse.Namespace) -> int:
@@ -103,7 +117,7 @@ def _segmentation(args: argparse.Namespace) -> int:
 
     cfg = resolve_config("segmentation", args)
     run = run_segmentation(cfg, input_url=args.input, output_url=args.output.rstrip("/"), engine_name=args.engine,
-                           full=args.full, images=args.images)
+                           full=args.full, images=args.images, allow_empty=args.allow_empty)
     if run.up_to_date:
         sys.stdout.write(f"labelmill run segmentation: up to date: {run.version_url} already holds these inputs "
                          f"with this config (nothing computed, no new version; --full recomputes)\n")
@@ -118,7 +132,7 @@ def _segmentation(args: argparse.Namespace) -> int:
         for reason, count in sorted(reasons.get(status, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:5]:
             lines.append(f"  {status} {count}: {reason}\n")
     sys.stdout.write("".join(lines))
-    return 0
+    return _empty_run_status("segmentation", run)
 
 
 def _relabel(args: argparse.Namespace) -> int:
