@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
 
@@ -145,6 +146,40 @@ def _work_counts(rows: list[dict[str, Any]], stage_names: list[str]) -> dict[str
     return counts
 
 
+_MAX_REASONS = 5  # failure reasons per stage kept in stats.json (the most frequent)
+_REASON_CHARS = 200
+
+
+def _stage_failures(rows: list[dict[str, Any]], stage_names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per stage: items that failed there and their most frequent reasons.
+
+    An item fails in the last stage that has a key for it (a stage keys an item, then its
+    operator fails it, and later stages skip it); an item the corpus reader failed has none.
+    """
+    failed: dict[str, Counter] = {name: Counter() for name in stage_names}
+    for row in rows:
+        keys = row.get(KEYS_COLUMN) or {}
+        if row.get("status") == STATUS_FAILED and keys:
+            stage = list(keys)[-1]
+            if stage in failed:
+                failed[stage][str(row.get("reason") or "failed")[:_REASON_CHARS]] += 1
+    return {name: {"failed": sum(c.values()), "failed_reasons": dict(c.most_common(_MAX_REASONS))}
+            for name, c in failed.items()}
+
+
+def _log_stage_summaries(name: str, stages: dict[str, dict[str, Any]]) -> None:
+    """One line per stage: items, time, rate, computed / reused, failures (the most frequent reason)."""
+    for stage, s in stages.items():
+        seconds = float(s.get("seconds") or 0.0)
+        rate = s["items"] / seconds if seconds > 0 else 0.0
+        line = (f"{name}: stage {stage}: {s['items']} items in {seconds:.1f} s ({rate:.1f} items/s), "
+                f"computed {s.get('computed', 0)}, reused {s.get('reused', 0)}")
+        if s.get("failed"):
+            reason, count = next(iter(s["failed_reasons"].items()))
+            line += f", failed {s['failed']} (most: {count} x {reason})"
+        log.info("%s", line)
+
+
 def _fragments(rows: list[dict[str, Any]], samples_stage: str) -> list[Fragment]:
     """The stored tar fragments of the inputs that wrote samples."""
     return [Fragment(input_key=row["key"], key=row[KEYS_COLUMN][samples_stage], url=row["fragment_tar_url"],
@@ -206,9 +241,12 @@ def run_versioned(spec: VersionedRunSpec, base: Pipeline, items: list[dict[str, 
         packed, pack_seconds, pack_bytes = _pack(pack_engine, spec, output_url, shards, stored_shard_names(output_url))
         work = _work_counts(rows, stage_names)
         work[PACK_STAGE] = {"computed": len(packed), "reused": len(shards) - len(packed)}
-        stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"], **work.get(s["name"], {})}
+        failures = _stage_failures(rows, stage_names)
+        stages = {s["name"]: {"items": s["items"], "seconds": s["seconds"], **work.get(s["name"], {}),
+                              **failures.get(s["name"], {})}
                   for s in run_stats.get("stages", [])}
         stages[PACK_STAGE] = {"items": len(packed), "seconds": pack_seconds, **work[PACK_STAGE]}
+        _log_stage_summaries(spec.name, stages)
         input_rows = [spec.input_row(row) for row in rows]
         move_latest = allow_empty or any(r.get("status") == STATUS_WRITTEN for r in input_rows)
         with DatasetVersionWriter(output_url, shard_config=spec.shard_config, config_yaml=spec.config_yaml,

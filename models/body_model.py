@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import zipfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -98,11 +99,13 @@ def load_body_arrays(path: str, *, trust_pickle: bool = False) -> dict[str, Any]
         if not isinstance(arrays, dict):
             raise BodyModelError(f"body model file {path}: holds a {type(arrays).__name__}, not a dict of arrays")
     else:
+        if data[:4] != b"PK\x03\x04":  # np.load would call anything else "pickled data"
+            raise BodyModelError(f"body model file {path}: not an .npz (zip) archive (starts with {data[:8]!r})")
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise BodyModelError(f"body model file {path}: not a readable .npz ({exc})") from exc
+        except (OSError, ValueError, EOFError, KeyError, NotImplementedError, zipfile.BadZipFile) as exc:
+            raise BodyModelError(f"body model file {path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
     check_body_arrays(arrays, source=path)
     return arrays
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import io
+import zipfile
 import json
 import math
 from typing import Any, Literal
@@ -294,11 +295,14 @@ class GMMPosePrior(nn.Module):
         data = read_model_bytes(path, what="pose prior file")
         provenance = None
         if data[:4] == b"PK\x03\x04":  # zip archive: .npz
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                _require_keys(path, npz.files)
-                arrays = {key: npz[key] for key in ("means", "covars", "weights")}
-                if "provenance" in npz.files:
-                    provenance = str(npz["provenance"])
+            try:
+                with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                    _require_keys(path, npz.files)
+                    arrays = {key: npz[key] for key in ("means", "covars", "weights")}
+                    if "provenance" in npz.files:
+                        provenance = str(npz["provenance"])
+            except (OSError, EOFError, KeyError, NotImplementedError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"pose prior file {path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
         else:
             try:
                 loaded = load_legacy_pickle(data, trust=trust_pickle)

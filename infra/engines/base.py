@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
 
 from labelmill.infra.engines.config import EngineConfig
 from labelmill.infra.formats.payload import find_unsupported
+from labelmill.infra.progress import StageProgress
 from labelmill.infra.pipeline import (
     STATUS_FAILED,
     STATUS_PENDING,
@@ -249,15 +250,22 @@ class StatsRecorder:
     engine: str
     stage_names: list[str]
     started: float = field(default_factory=time.perf_counter)
+    total: int = 0  # the run's inputs: > 0 shows progress (infra/progress.py)
+    progress: str | None = None  # progress mode; None: progress_mode()
 
     def __post_init__(self) -> None:
         self.run = RunStats(engine=self.engine, stages=[StageStats(name=n) for n in self.stage_names])
+        self._progress = StageProgress(self.engine, self.stage_names, self.total, mode=self.progress) if self.total else None
 
     def add(self, stage_index: int, items: int, seconds: float) -> None:
         stats = self.run.stages[stage_index]
         stats.items += items
         stats.seconds += seconds
+        if self._progress is not None:
+            self._progress.update(stage_index, items)
 
     def finish(self) -> RunStats:
         self.run.wall_seconds = time.perf_counter() - self.started
+        if self._progress is not None:
+            self._progress.close()
         return self.run

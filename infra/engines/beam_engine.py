@@ -256,7 +256,8 @@ class BeamEngine:
             raise RuntimeError(f"beam engine: pipeline {pipeline_name} ended in state {state}")
 
     def _stream(self, pipeline_name: str, stages: list[Stage], rows: list[dict[str, Any]]) -> Iterator[Batch]:
-        recorder = StatsRecorder(engine=self.name, stage_names=[s.name for s in stages])
+        # Beam hands the driver its output when the job is done: progress counts arrive at the end
+        recorder = StatsRecorder(engine=self.name, stage_names=[s.name for s in stages], total=len(rows))
         if not rows:
             self.stats = recorder.finish()
             return

@@ -57,7 +57,7 @@ class LocalEngine:
         return self._stream(stages, rows)
 
     def _stream(self, stages: list[Stage], rows: list[dict[str, Any]]) -> Iterator[Batch]:
-        recorder = StatsRecorder(engine=self.name, stage_names=[s.name for s in stages])
+        recorder = StatsRecorder(engine=self.name, stage_names=[s.name for s in stages], total=len(rows))
         for stage in stages:
             logger.debug("local engine: setting up stage %s", stage.name)
             stage.operator.setup()

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from labelmill.infra.engines.base import RunStats, StatsRecorder, call_stage, prepare_items, resolve_stages
+from labelmill.infra.progress import progress_mode
 from labelmill.infra.engines.config import EngineConfig
 from labelmill.infra.formats.payload import items_to_table, table_to_items
 from labelmill.infra.pipeline import Batch, Pipeline, Stage, rows_to_batch
@@ -70,6 +71,16 @@ def ensure_ray(config: EngineConfig) -> None:
         log_to_driver=False,
         configure_logging=False,
     )
+
+
+def _configure_ray_data_progress(mode: str) -> None:
+    """Ray Data's progress output for our mode: its bars on a terminal, nothing in logs or when quiet."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = mode == "bars"
+    if mode != "bars":  # its one-off notice that bars are off, and its per-dataset INFO lines
+        logging.getLogger("ray.data").setLevel(logging.WARNING if mode == "lines" else logging.ERROR)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def stage_placement(stage: Stage, *, cluster_gpus: float) -> dict[str, Any]:
@@ -212,10 +223,15 @@ class RayEngine:
         return dataset
 
     def _stream(self, stages: list[Stage], rows: list[dict[str, Any]]) -> Iterator[Batch]:
-        recorder = StatsRecorder(engine=self.name, stage_names=[s.name for s in stages])
+        mode = progress_mode()
+        # on a terminal Ray Data draws its own per-operator bars; elsewhere its 10-second progress
+        # dumps are switched off and our line-oriented progress counts what reaches the driver
+        recorder = StatsRecorder(engine=self.name, stage_names=[s.name for s in stages], total=len(rows),
+                                 progress="off" if mode == "bars" else mode)
         if not rows:
             self.stats = recorder.finish()
             return
+        _configure_ray_data_progress(mode)
         dataset = self._build(stages, rows)
         for table in dataset.iter_batches(batch_format="pyarrow", batch_size=stages[-1].batch_size):
             for index in range(len(stages)):

@@ -182,7 +182,8 @@ def test_more_shape_directions_than_used_are_cut(tmp_path):
     [
         ("missing.pkl", None, "does not exist"),
         ("garbage.pkl", b"this is not a pickle", "not a readable pickle"),
-        ("garbage.npz", b"nor is this a zip", "not a readable .npz"),
+        ("garbage.npz", b"nor is this a zip", r"not an .npz \(zip\) archive \(starts with b'nor is t'\)"),
+        ("broken.npz", b"PK\x03\x04 a truncated zip", "not a readable .npz"),
         ("model.txt", b"", "expected an SMPL .pkl or .npz"),
     ],
 )

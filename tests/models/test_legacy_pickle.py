@@ -99,3 +99,13 @@ def test_model_loaders_refuse_crafted_pickles_without_side_effects(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "evil.pkl" in result.stderr
     assert not marker.exists()
+
+
+def test_broken_model_archives_are_named_not_raised_raw(tmp_path):
+    from labelmill.models.pose_prior import GMMPosePrior
+
+    for content in (b"PK\x03\x04 a truncated zip", b"just text\n"):
+        path = tmp_path / "prior.npz"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match="pose prior file .*prior.npz"):
+            GMMPosePrior.from_file(str(path))

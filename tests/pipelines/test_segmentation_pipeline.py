@@ -81,6 +81,9 @@ def test_local_run_writes_a_valid_version_with_every_image_accounted(local_run):
     assert inputs["in"] == 7 == inputs["written"] + inputs["filtered"] + inputs["failed"]
     assert inputs["failed"] == 2 and inputs["written"] == 5 == run.stats["samples"]
     assert set(run.stats["stages"]) == {"decode", "things", "stuff", "samples", "pack"}
+    decode = run.stats["stages"]["decode"]  # the corrupt image failed in decode, and says why
+    assert decode["failed"] == 1 and "cannot decode" in next(iter(decode["failed_reasons"]))
+    assert run.stats["stages"]["things"]["failed"] == 0 and decode["items_per_s"] > 0
     rows = {r["input_key"]: r for r in read_inputs(run.version_url).to_pylist()}
     assert all(r["status"] in INPUT_STATUSES and r["reason"] for r in rows.values())
     assert rows[MISSING]["status"] == "failed" and "missing image file" in rows[MISSING]["reason"]
