@@ -34,6 +34,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from labelmill.infra.engines.base import RunStats, StatsRecorder, call_stage, prepare_items, resolve_stages
+from labelmill.infra.engines.ray_reaper import start_reaper
 from labelmill.infra.progress import progress_mode
 from labelmill.infra.engines.config import EngineConfig
 from labelmill.infra.formats.payload import items_to_table, table_to_items
@@ -62,15 +63,19 @@ def ensure_ray(config: EngineConfig) -> None:
     logger.info("ray engine: starting an embedded local Ray cluster (num_cpus=%s)", config.ray_num_cpus)
     # address="local": a new cluster of our own even when another one runs on this machine (a bare
     # ray.init() would silently join the newest one); its own temp dir keeps its sockets and logs apart.
+    temp_dir = tempfile.mkdtemp(prefix="labelmill-ray-")
     ray.init(
         address="local",
-        _temp_dir=tempfile.mkdtemp(prefix="labelmill-ray-"),
+        _temp_dir=temp_dir,
         num_cpus=config.ray_num_cpus,
         object_store_memory=config.ray_object_store_memory,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
     )
+    # nothing of the cluster may outlive this process, even when it is SIGKILLed (ray_reaper.py)
+    start_reaper(os.getpid(), temp_dir)
+    logger.info("ray engine: embedded cluster up (temp dir %s; a watchdog stops it when this process ends)", temp_dir)
 
 
 def _configure_ray_data_progress(mode: str) -> None:
