@@ -5,7 +5,8 @@ Every reader returns a ``pyarrow.Table`` with :data:`WORK_ITEM_SCHEMA`, sorted b
 =============  ==========  =================================================================
 column         type        meaning
 =============  ==========  =================================================================
-key            string      unique, stable id; ``/``-separated parts of ``[A-Za-z0-9_-]``
+key            string      unique, stable id; ``/``-separated parts of ``[A-Za-z0-9_-]``,
+                           within the length limits of :func:`key_problem`
 uri            string      fsspec URL of the video file (local paths stay plain paths);
                            null only for failed rows whose location could not be derived
 start, end     float64     time range to decode inside ``uri``, seconds; null = file start/end
@@ -16,8 +17,9 @@ status         string      ``pending`` (ready to process) or ``failed``
 reason         string      why the row failed (names the line/row and the problem), else null
 =============  ==========  =================================================================
 
-A row never disappears: a missing file, a malformed CSV line or a duplicate key becomes a
-``failed`` row with a reason, so every input item ends in exactly one status downstream.
+A row never disappears: a missing file, a malformed CSV line, a duplicate key or a key beyond
+the length limits becomes a ``failed`` row with a reason, so every input item ends in exactly
+one status downstream.
 
 Fingerprints: ``stat`` (default, cheap) hashes the file's URL, size and the first available
 change marker in its fsspec ``info()`` (etag/md5, else modification/creation time) with sha1;
@@ -42,6 +44,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from labelmill.infra.formats.items import STATUS_FAILED, STATUS_PENDING
+from labelmill.infra.formats.shards import MAX_MEMBER_NAME_BYTES, member_key
 from labelmill.infra.storage import FingerprintMode, file_fingerprint
 
 __all__ = [
@@ -61,7 +64,12 @@ __all__ = [
     "read_manifest",
     "file_fingerprint",
     "is_safe_key",
+    "key_problem",
     "key_from_relpath",
+    "MAX_KEY_LENGTH",
+    "MAX_KEY_PARTS",
+    "MAX_KEY_PART_LENGTH",
+    "MAX_MEMBER_KEY_LENGTH",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,6 +94,17 @@ WORK_ITEM_SCHEMA = pa.schema(
 # can never climb out of a directory and WebDataset never mistakes part of it for an extension.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+# Length limits of a key, so that what is named after it stays valid on common filesystems
+# (a path component <= 255 bytes): a frame sample's tar member name
+# `<member key>__<frame:06d>.<extension>` (infra/formats/shards.py) stays below
+# MAX_MEMBER_NAME_BYTES for extensions of up to 20 characters, and a file or folder named
+# `<key>.<ext>` / `<key>/` has parts of at most 100 characters and at most 16 levels.
+MAX_KEY_LENGTH = 200  # characters
+MAX_KEY_PARTS = 16  # '/'-separated parts
+MAX_KEY_PART_LENGTH = 100  # characters per part
+# Characters of the key's tar member form ('/' -> '__', '_' -> '%5F' beside '_' or '/'); with a
+# trailing '%5F', '__<frame:07d>', '.' and a 20-character extension: 220 + 2 + 9 + 1 + 20 <= 255.
+MAX_MEMBER_KEY_LENGTH = MAX_MEMBER_NAME_BYTES - 35
 _YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]+")
 _GLOB_MAGIC = re.compile(r"[*?\[]")
 
@@ -470,8 +489,9 @@ def _manifest_row(values: dict[str, Any] | str, where: str, slug: str, base: str
     if start is not None and end is not None and end <= start:
         return _Row.invalid(slug, where, f"{where}: end {end:g} is not after start {start:g}")
     given_key = _text_or_none(values.get("key"))
-    if given_key is not None and not is_safe_key(given_key):
-        return _Row.invalid(slug, where, f"{where}: key {given_key!r} is not made of '/'-separated [A-Za-z0-9_-] parts")
+    problem = None if given_key is None else key_problem(given_key)
+    if problem is not None:
+        return _Row.invalid(slug, where, f"{where}: {problem}")
     key = given_key or _derived_manifest_key(uri, start, end)
     row = _Row(
         key=key,
@@ -513,8 +533,46 @@ def _derived_manifest_key(uri: str, start: float | None, end: float | None) -> s
 
 
 def is_safe_key(key: str) -> bool:
-    """True when ``key`` is '/'-separated parts of ``[A-Za-z0-9_-]`` (no '.', no empty part)."""
-    return bool(KEY_PATTERN.fullmatch(key))
+    """True when ``key`` is '/'-separated parts of ``[A-Za-z0-9_-]`` (no '.', no empty part)
+    within the length limits (see :func:`key_problem`)."""
+    return key_problem(key) is None
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def key_problem(key: Any) -> str | None:
+    """Why ``key`` is not a safe work-item key, or None when it is.
+
+    A key is one or more '/'-separated parts of ``[A-Za-z0-9_-]``, at most
+    :data:`MAX_KEY_LENGTH` (200) characters, :data:`MAX_KEY_PARTS` (16) parts of at most
+    :data:`MAX_KEY_PART_LENGTH` (100) characters, and its tar member form at most
+    :data:`MAX_MEMBER_KEY_LENGTH` (220) characters: so every file, folder and tar member named
+    after it can be created on common filesystems (255 bytes per path component).
+    """
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        shown = _preview(key) if isinstance(key, str) else repr(key)
+        return f"key {shown} is not made of '/'-separated [A-Za-z0-9_-] parts"
+    limits = (f"keys are limited to {MAX_KEY_LENGTH} characters in at most {MAX_KEY_PARTS} '/'-separated parts "
+              f"of at most {MAX_KEY_PART_LENGTH} characters, so that tar member names and result paths stay valid")
+    if len(key) > MAX_KEY_LENGTH:
+        return f"key {_preview(key)} is {len(key)} characters long; {limits}"
+    parts = key.split("/")
+    if len(parts) > MAX_KEY_PARTS:
+        return f"key {_preview(key)} has {len(parts)} parts; {limits}"
+    longest = max(parts, key=len)
+    if len(longest) > MAX_KEY_PART_LENGTH:
+        return f"key {_preview(key)} has a part of {len(longest)} characters ({_preview(longest, 20)}); {limits}"
+    member = member_key(key)
+    if len(member) > MAX_MEMBER_KEY_LENGTH:
+        return (f"key {_preview(key)} becomes a tar member key of {len(member)} characters (its underscores and "
+                f"slashes are escaped); at most {MAX_MEMBER_KEY_LENGTH} fit a file name")
+    return None
 
 
 def key_from_relpath(relpath: str) -> str:
@@ -553,11 +611,24 @@ class _Row:
                    where=where, dup_slug=slug)
 
 
+def _limit_key(row: _Row) -> _Row:
+    """``row`` failed and re-keyed ``__invalid_key_<sha1 of the key>`` when its key breaks the key rule."""
+    problem = key_problem(row.key)
+    if problem is None:
+        return row
+    reason = f"{_clip(row.where, 80) if row.where else 'row'}: {problem}"
+    if row.status == STATUS_FAILED and row.reason:
+        reason += f"; also {row.reason}"
+    digest = hashlib.sha1(str(row.key).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return dataclasses.replace(row, key=f"__invalid_key_{digest}", status=STATUS_FAILED, reason=reason)
+
+
 def _to_table(rows: Iterable[_Row]) -> pa.Table:
-    """Mark duplicate keys failed (later rows, in input order, lose) and sort by key."""
+    """Fail rows whose key breaks the key rule, mark duplicate keys failed (later rows, in input
+    order, lose) and sort by key."""
     first_seen: dict[str, _Row] = {}
     unique: list[_Row] = []
-    for row in rows:
+    for row in map(_limit_key, rows):
         if row.key in first_seen:
             original = first_seen[row.key]
             duplicate_key = f"{row.key}__duplicate_{row.dup_slug}"

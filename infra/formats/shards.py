@@ -23,6 +23,12 @@ one-to-one onto the characters ``[A-Za-z0-9_%-]``:
 :func:`sample_key_from_member` inverts it. No member key contains a dot, a slash or a path
 component such as ``..``, so extracting a shard can never write outside its directory.
 
+**Length.** A member name is one path component when a shard is extracted, so it must fit the
+file-name limit of common filesystems: :data:`MAX_MEMBER_NAME_BYTES` (255, NAME_MAX of ext4,
+XFS, btrfs, APFS, ZFS). pax headers carry any length; what ``tar x`` can create does not.
+:func:`member_name_problem` checks a sample key against it; the corpus readers keep input keys
+short enough that pipeline samples never reach it (``labelmill.infra.corpus.key_problem``).
+
 **Determinism.** For the same samples (in any order) the bytes are identical: samples are
 written in sorted key order, members in sorted extension order, every header has mtime 0,
 uid/gid 0, empty user/group names and mode 0o644; JSON is canonical (sorted keys, no spaces,
@@ -57,6 +63,8 @@ __all__ = [
     "encode_npz",
     "decode_npz",
     "member_key",
+    "MAX_MEMBER_NAME_BYTES",
+    "member_name_problem",
     "sample_key_from_member",
     "split_member_name",
     "sample_tar_size",
@@ -262,6 +270,21 @@ def member_key(key: str) -> str:
         else:
             out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
     return "".join(out)
+
+
+# Longest tar member name (UTF-8 bytes) that `tar x` can create as a file on common filesystems.
+MAX_MEMBER_NAME_BYTES = 255
+
+
+def member_name_problem(key: str, extensions: Iterable[str]) -> str | None:
+    """Why sample ``key`` cannot be extracted with fields ``extensions`` (a member name longer than
+    :data:`MAX_MEMBER_NAME_BYTES` bytes), or None when every member name fits."""
+    member = member_key(key)
+    longest = max((len(f"{member}.{extension}".encode("utf-8")) for extension in extensions), default=0)
+    if longest > MAX_MEMBER_NAME_BYTES:
+        return (f"sample key {key[:60]!r}{'...' if len(key) > 60 else ''} gives tar member names of {longest} bytes; "
+                f"at most {MAX_MEMBER_NAME_BYTES} can be extracted as files (use a shorter input key)")
+    return None
 
 
 def sample_key_from_member(member: str) -> str:

@@ -88,6 +88,9 @@ class DecodedFrame:
     original_height: int
     scale_x: float  # image width / original width (1.0 when not resized)
     scale_y: float  # image height / original height
+    # Source frame number: round(time x the stream's frame rate), strictly increasing within a
+    # clip; row t of a precomputed keypoint file of the video at ``uri`` is source frame t.
+    source_index: int = -1
 
     @property
     def height(self) -> int:
@@ -348,8 +351,9 @@ def decode_frames(
         chosen = select_nearest_frames(
             timed, start=start_s, end=end_s, step=step, frame_period=frame_period, video_end=duration
         )
-        emitted = 0
+        emitted, previous_index = 0, -1
         for time, frame in _wrap_av_errors(chosen, uri):
+            previous_index = max(previous_index + 1, math.floor(time / frame_period + Fraction(1, 2)))
             image = frame.to_ndarray(format="rgb24")
             original_height, original_width = image.shape[:2]
             image, scale_x, scale_y = resize_to_max_side(image, max_side)
@@ -361,6 +365,7 @@ def decode_frames(
                 original_height=int(original_height),
                 scale_x=scale_x,
                 scale_y=scale_y,
+                source_index=int(previous_index),
             )
             emitted += 1
         if emitted == 0:
@@ -428,6 +433,8 @@ class DecodeVideo:
     * ``frames_jpeg``: list of JPEG bytes (RGB frames, after resampling and resizing)
     * ``num_frames``: int32 number of frames (0 when failed)
     * ``frame_times``: list of float seconds from the video's start, one per frame
+    * ``frame_indices``: list of int source frame numbers, one per frame
+      (:attr:`DecodedFrame.source_index`: which frames of the video at ``uri`` were kept)
     * ``frame_width``, ``frame_height``: int32 size of the stored frames (0 when failed)
     * ``original_width``, ``original_height``: int32 decoded size before resizing (0 when failed)
     * ``scale_x``, ``scale_y``: float64 stored / original size (NaN when failed)
@@ -440,8 +447,8 @@ class DecodeVideo:
 
     resources: ClassVar[dict[str, int]] = {"num_cpus": 1, "num_gpus": 0, "batch_size": 4}
     reads = ("key", "uri", "start", "end")
-    writes = ("frames_jpeg", "num_frames", "frame_times", "frame_width", "frame_height", "original_width",
-              "original_height", "scale_x", "scale_y")
+    writes = ("frames_jpeg", "num_frames", "frame_times", "frame_indices", "frame_width", "frame_height",
+              "original_width", "original_height", "scale_x", "scale_y")
 
     def __init__(self, *, fps: float | None = None, max_side: int | None = None, jpeg_quality: int = 90) -> None:
         self.config = DecodeConfig(fps=fps, max_side=max_side, jpeg_quality=jpeg_quality)
@@ -462,7 +469,7 @@ class DecodeVideo:
         starts = list(batch["start"]) if "start" in batch else [None] * size
         ends = list(batch["end"]) if "end" in batch else [None] * size
         out_columns: dict[str, list] = {name: [] for name in (
-            "frames_jpeg", "frame_times", "frame_width", "frame_height",
+            "frames_jpeg", "frame_times", "frame_indices", "frame_width", "frame_height",
             "original_width", "original_height", "scale_x", "scale_y")}
         for i, uri in enumerate(batch["uri"]):
             result = None
@@ -475,6 +482,7 @@ class DecodeVideo:
         out["frames_jpeg"] = out_columns["frames_jpeg"]
         out["num_frames"] = np.asarray([len(f) for f in out_columns["frames_jpeg"]], dtype=np.int32)
         out["frame_times"] = out_columns["frame_times"]
+        out["frame_indices"] = out_columns["frame_indices"]
         for name in ("frame_width", "frame_height", "original_width", "original_height"):
             out[name] = np.asarray(out_columns[name], dtype=np.int32)
         for name in ("scale_x", "scale_y"):
@@ -491,7 +499,7 @@ class DecodeVideo:
         except (TypeError, ValueError):
             return None, f"cannot decode {uri}: start/end must be numbers of seconds or null, got {start!r}, {end!r}"
         cfg = self.config
-        jpegs, times, first = [], [], None
+        jpegs, times, indices, first = [], [], [], None
         try:
             for frame in decode_frames(uri, start=start, end=end, fps=cfg.fps, max_side=cfg.max_side):
                 if first is None:
@@ -504,6 +512,7 @@ class DecodeVideo:
                     )
                 jpegs.append(encode_jpeg(frame.image, cfg.jpeg_quality))
                 times.append(frame.time)
+                indices.append(frame.source_index)
         except DecodeError as exc:
             return None, str(exc)
         except Exception as exc:  # an item must never stop the batch: it goes out marked failed
@@ -512,6 +521,7 @@ class DecodeVideo:
         return {
             "frames_jpeg": jpegs,
             "frame_times": times,
+            "frame_indices": indices,
             "frame_width": first.width,
             "frame_height": first.height,
             "original_width": first.original_width,
@@ -523,7 +533,7 @@ class DecodeVideo:
 
 def _append_result(columns: dict[str, list], result: dict[str, Any] | None) -> None:
     if result is None:
-        result = {"frames_jpeg": [], "frame_times": [], "frame_width": 0, "frame_height": 0,
+        result = {"frames_jpeg": [], "frame_times": [], "frame_indices": [], "frame_width": 0, "frame_height": 0,
                   "original_width": 0, "original_height": 0, "scale_x": math.nan, "scale_y": math.nan}
     for name, column in columns.items():
         column.append(result[name])

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from labelmill.models.windows import plan_windows, stitch_frames, stitch_shared
 from labelmill.operators.pose3d.fit_quality import FilterConfig
 from labelmill.operators.pose3d.loss_filter import filter_columns
 from labelmill.infra.formats.items import ItemStatus
+from labelmill.operators.pose3d.item_errors import failure_reason, isolate
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +150,39 @@ class BundleAdjust:
         keys = list(batch["key"])
         items = ItemStatus.of(batch, len(keys))
         videos: dict[int, dict[str, np.ndarray]] = {}
+        windows_per_video: dict[int, list[tuple[int, int]]] = {}
         for i in items.pending():
             key = keys[i]
-            video = {k: np.asarray(batch[k][i]) for k in _INPUT_KEYS if k != "key"}
-            problem = _check_video(video)
+            try:
+                video = {k: np.asarray(batch[k][i]) for k in _INPUT_KEYS if k != "key"}
+                problem = _check_video(video)
+                if not problem:
+                    num_frames = video["init_camera"].shape[0]
+                    windows_per_video[i] = plan_windows(num_frames, self.fit_config.window,
+                                                        self.fit_config.window_overlap)
+            except Exception as exc:  # noqa: BLE001 - one item's odd input fails that item
+                items.fail(i, failure_reason("bundle adjustment", key, exc))
+                continue
             if problem:
                 items.fail(i, f"bundle adjustment of {key}: {problem}")
                 continue
             videos[i] = video
-        problems: list[tuple[int, int, int]] = []  # (item, start, end)
-        windows_per_video: dict[int, list[tuple[int, int]]] = {}
-        for i, video in videos.items():
-            num_frames = video["init_camera"].shape[0]
-            wins = plan_windows(num_frames, self.fit_config.window, self.fit_config.window_overlap)
-            windows_per_video[i] = wins
-            problems.extend((i, s, e) for s, e in wins)
-        fitted = self._fit_problems(videos, problems) if problems else []
+
+        def fit(members: Sequence[int]) -> dict[int, dict[str, Any]]:
+            """Solve every window of ``members`` together and stitch each video's result."""
+            problems = [(i, s, e) for i in members for s, e in windows_per_video[i]]
+            fitted = self._fit_problems(videos, problems) if problems else []
+            results, cursor = {}, 0
+            for i in members:
+                wins = windows_per_video[i]
+                results[i] = self._fit_outputs(videos[i], wins, fitted[cursor : cursor + len(wins)])
+                cursor += len(wins)
+            return results
+
+        results, failures = isolate(fit, list(videos), what="bundle adjustment", keys=keys)
+        for i, reason in failures.items():
+            items.fail(i, reason)
+        problems = [w for i in videos for w in windows_per_video[i]]
 
         out: dict[str, list] = {k: list(batch[k]) for k in batch}
         items.write(out)
@@ -172,12 +190,8 @@ class BundleAdjust:
             *(k for k in _OUTPUT_KEYS if k not in _FILTER_KEYS), "body_height")
         for name in names:
             out[name] = [None] * len(keys)
-        cursor = 0
-        for i, video in videos.items():
-            wins = windows_per_video[i]
-            parts = fitted[cursor : cursor + len(wins)]
-            cursor += len(wins)
-            for name, value in self._fit_outputs(video, wins, parts).items():
+        for i, result in results.items():
+            for name, value in result.items():
                 out[name][i] = value
         elapsed = time.perf_counter() - t0
         frames = sum(v["init_camera"].shape[0] for v in videos.values())

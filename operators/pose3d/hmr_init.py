@@ -44,6 +44,7 @@ from labelmill.models.hmr import (
 )
 from labelmill.operators.pose3d.frame_fill import nearest_valid_index
 from labelmill.infra.formats.items import ItemStatus
+from labelmill.operators.pose3d.item_errors import failure_reason
 
 __all__ = ["HMRInitConfig", "HMRInit", "nearest_valid_index"]
 
@@ -159,13 +160,20 @@ class HMRInit:
         scales = [self._frame_scale(batch, i) for i in range(size)]
         boxes: list[np.ndarray | None] = [None] * size
         for i in items.pending():
-            boxes[i], error = self._check_video(keys[i], batch["frames_jpeg"][i], batch["main_boxes"][i])
+            try:
+                boxes[i], error = self._check_video(keys[i], batch["frames_jpeg"][i], batch["main_boxes"][i])
+            except Exception as exc:  # noqa: BLE001 - one item's odd input fails that item
+                error = failure_reason("HMR init", keys[i], exc)
             if error is not None:
                 items.fail(i, error)
         estimates: list[dict[int, np.ndarray]] = [{} for _ in range(size)]
         pending: list[_Crop] = []
         for i in items.pending():
-            error = self._crop_video(i, keys[i], batch["frames_jpeg"][i], boxes[i], scales[i], pending, estimates)
+            try:
+                error = self._crop_video(i, keys[i], batch["frames_jpeg"][i], boxes[i], scales[i], pending, estimates)
+            except Exception as exc:  # noqa: BLE001 - one item's odd input fails that item
+                pending[:] = [c for c in pending if c.video != i]
+                error = failure_reason("HMR init", keys[i], exc)
             if error is not None:
                 items.fail(i, error)
         self._run(pending, estimates)
@@ -176,8 +184,12 @@ class HMRInit:
         for i in range(size):
             failed = items.is_failed(i)
             if not failed:
-                video = self._fill_video(boxes[i], estimates[i])
-                frames_done += len(boxes[i])
+                try:
+                    video = self._fill_video(boxes[i], estimates[i])
+                    frames_done += len(boxes[i])
+                except Exception as exc:  # noqa: BLE001 - one item's odd input fails that item
+                    items.fail(i, failure_reason("HMR init", keys[i], exc))
+                    failed = True
             for name, width in _OUTPUT_SHAPES.items():
                 columns[name].append(np.zeros((0, width), np.float32) if failed else video[name])
         out.update(columns)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from labelmill.models.keypoint_initializer import (
 )
 from labelmill.operators.pose3d.frame_fill import nearest_valid_index as fill_from_nearest
 from labelmill.infra.formats.items import ItemStatus
+from labelmill.operators.pose3d.item_errors import failure_reason, isolate
 
 log = logging.getLogger(__name__)
 
@@ -164,31 +165,40 @@ class KeypointInit:
         size = len(batch["main_keypoints"])
         items = ItemStatus.of(batch, size)
         keys = items.keys
-        videos: list[np.ndarray | None] = []
-        for i in range(size):
-            keypoints = None
-            if not items.is_failed(i):
+        videos: dict[int, np.ndarray] = {}
+        for i in items.pending():
+            try:
                 keypoints = np.asarray(batch["main_keypoints"][i], dtype=np.float32)
-                if keypoints.ndim != 3 or keypoints.shape[1:] != (NUM_KEYPOINTS, 3):
-                    items.fail(i, f"item {keys[i]}: main_keypoints must have shape (F, {NUM_KEYPOINTS}, 3), "
-                                  f"got {keypoints.shape}")  # fmt: skip
-                    keypoints = None
-            videos.append(keypoints)
+            except (TypeError, ValueError) as exc:
+                items.fail(i, failure_reason("initialisation", keys[i], exc))
+                continue
+            if keypoints.ndim != 3 or keypoints.shape[1:] != (NUM_KEYPOINTS, 3):
+                items.fail(i, f"item {keys[i]}: main_keypoints must have shape (F, {NUM_KEYPOINTS}, 3), "
+                              f"got {keypoints.shape}")  # fmt: skip
+                continue
+            videos[i] = keypoints
+        usable = {i: self._usable(k) for i, k in videos.items()}
 
-        usable = [self._usable(k) if k is not None else None for k in videos]
-        frames = [k[u] for k, u in zip(videos, usable) if k is not None and u is not None]
-        stacked = np.concatenate(frames) if frames else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
-        predicted = model.initialise(stacked, batch_size=self.config.batch_size)
-        columns: dict[str, list] = {name: [] for name in _OUTPUT_COLUMNS}
-        offset = 0
-        for i, keypoints in enumerate(videos):
-            if keypoints is None:
-                result = _empty_result(0)
-            else:
+        def initialise(members: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+            """All frames of ``members`` through the initialiser at once, split back per video."""
+            frames = [videos[i][usable[i]] for i in members]
+            stacked = np.concatenate(frames) if frames else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
+            predicted = model.initialise(stacked, batch_size=self.config.batch_size)
+            results, offset = {}, 0
+            for i in members:
                 count = int(usable[i].sum())
                 own = {name: value[offset : offset + count] for name, value in predicted.items()}
                 offset += count
-                result = self._per_video(own, usable[i], _image_size(batch, i))
+                results[i] = self._per_video(own, usable[i], _image_size(batch, i))
+            return results
+
+        results, failures = isolate(initialise, list(videos), what="initialisation", keys=keys)
+        for i, reason in failures.items():
+            items.fail(i, reason)
+        columns: dict[str, list] = {name: [] for name in _OUTPUT_COLUMNS}
+        for i in range(size):
+            result = results.get(i) if not items.is_failed(i) else None
+            result = result if result is not None else _empty_result(0)
             for name in _OUTPUT_COLUMNS:
                 columns[name].append(result[name])
         out = dict(batch)

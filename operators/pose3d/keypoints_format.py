@@ -32,9 +32,15 @@ __all__ = [
     "VideoKeypoints",
     "boxes_from_keypoints",
     "mean_visible_confidence",
+    "OUTSIDE_FRAME_TOLERANCE",
+    "undetect_non_finite",
+    "undetect_outside_frame",
 ]
 
 NUM_KEYPOINTS = len(COCO17_NAMES)  # 17
+# A keypoint more than this fraction of the frame's width (height) left of / right of (above /
+# below) the frame is not a detection: it becomes undetected (see undetect_outside_frame).
+OUTSIDE_FRAME_TOLERANCE = 0.1
 
 
 class KeypointsFormatError(ValueError):
@@ -72,6 +78,43 @@ def mean_visible_confidence(keypoints: np.ndarray) -> np.ndarray:
     visible = confidence > 0
     count = visible.sum(axis=-1)
     return np.where(count > 0, confidence.sum(axis=-1) / np.maximum(count, 1), 0.0).astype(np.float32)
+
+
+def undetect_non_finite(triples: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` x, y, confidence with every keypoint whose x, y or confidence is NaN or
+    infinite turned into an undetected one (``0, 0, 0``); float64 copy."""
+    triples = np.array(triples, dtype=np.float64)
+    bad = ~np.isfinite(triples).all(axis=-1)
+    triples[bad] = 0.0
+    return triples
+
+
+def undetect_outside_frame(video: "VideoKeypoints", width: int | None, height: int | None, *,
+                           tolerance: float = OUTSIDE_FRAME_TOLERANCE) -> tuple["VideoKeypoints", int]:
+    """``video`` with keypoints far outside a ``width`` x ``height`` frame made undetected.
+
+    A detected keypoint is kept when ``-tolerance * width <= x <= (1 + tolerance) * width`` and
+    the same for ``y`` with ``height``; others get confidence 0 and x = y = 0. A person left
+    without any detected keypoint is removed from its frame (``person_mask`` False, zeros);
+    every box is clipped to the same bounds. Without a frame size (``None`` or 0) nothing
+    changes. Returns the new keypoints and how many keypoints were made undetected.
+    """
+    if not width or not height or not video.keypoints.size:
+        return video, 0
+    low = np.array([-tolerance * width, -tolerance * height], np.float64)
+    high = np.array([(1 + tolerance) * width, (1 + tolerance) * height], np.float64)
+    keypoints = video.keypoints.copy()
+    xy = keypoints[..., :2].astype(np.float64)
+    detected = (keypoints[..., 2] > 0) & video.person_mask[..., None]
+    outside = detected & ((xy < low) | (xy > high)).any(axis=-1)
+    count = int(outside.sum())
+    boxes = np.clip(video.boxes, np.tile(low, 2), np.tile(high, 2)).astype(np.float32)
+    if not count and np.array_equal(boxes, video.boxes):
+        return video, 0
+    keypoints[outside] = 0.0
+    mask = video.person_mask & (keypoints[..., 2] > 0).any(axis=-1)
+    return dataclasses.replace(video, keypoints=keypoints, person_mask=mask, boxes=boxes,
+                               scores=np.where(mask, video.scores, 0.0)), count
 
 
 def _optional_positive(value: Any, name: str, kind: type) -> Any:
@@ -298,6 +341,30 @@ class VideoKeypoints:
             video_frames=video_frames,
         )
 
+    def at_frames(self, frames: Sequence[int]) -> "VideoKeypoints":
+        """One row per source frame in ``frames`` (row t = frame ``frames[t]``, strictly
+        increasing, >= 0); frames the source does not list are empty rows."""
+        frames = np.asarray(frames, dtype=np.int64).reshape(-1)
+        if frames.size and (frames[0] < 0 or (np.diff(frames) <= 0).any()):
+            raise ValueError(f"frames must be >= 0 and strictly increasing, got {frames.tolist()[:20]}")
+        position = np.searchsorted(self.frame_indices, frames)
+        listed = position < self.num_frames
+        listed[listed] = self.frame_indices[position[listed]] == frames[listed]
+        rows, source = np.flatnonzero(listed), position[listed]
+        keypoints = np.zeros((frames.size, self.max_people, NUM_KEYPOINTS, 3), np.float32)
+        mask = np.zeros((frames.size, self.max_people), bool)
+        boxes = np.zeros((frames.size, self.max_people, 4), np.float32)
+        scores = np.zeros((frames.size, self.max_people), np.float32)
+        keypoints[rows] = self.keypoints[source]
+        mask[rows] = self.person_mask[source]
+        boxes[rows] = self.boxes[source]
+        scores[rows] = self.scores[source]
+        video_frames = self.video_frames
+        if video_frames is not None and frames.size and video_frames <= frames[-1]:
+            video_frames = int(frames[-1]) + 1
+        return dataclasses.replace(self, keypoints=keypoints, person_mask=mask, boxes=boxes, scores=scores,
+                                   frame_indices=frames, video_frames=video_frames)
+
     def as_columns(self) -> dict[str, np.ndarray]:
         """The four arrays as a dict: ``keypoints``, ``person_mask``, ``boxes``, ``scores``."""
         return {
@@ -461,7 +528,9 @@ def _number_array(value: Any, shape: tuple[int, ...], source: str, where: str) -
 
 
 def _keypoint_array(value: Any, source: str, where: str) -> np.ndarray:
-    """``(17, 3)`` from ``[[x, y, c]] * 17`` or a flat ``[x, y, c] * 17``; checks count and confidence."""
+    """``(17, 3)`` from ``[[x, y, c]] * 17`` or a flat ``[x, y, c] * 17``; checks count and confidence.
+
+    A keypoint with a NaN or infinite x, y or confidence is undetected (``0, 0, 0``)."""
     if not isinstance(value, list):
         raise _fail(source, f"{where}: 'keypoints' must be a list, got {type(value).__name__}")
     try:
@@ -477,16 +546,12 @@ def _keypoint_array(value: Any, source: str, where: str) -> np.ndarray:
         raise _fail(
             source, f"{where}: expected {NUM_KEYPOINTS} keypoints of [x, y, confidence], got shape {array.shape}"
         )
+    array = undetect_non_finite(array)  # NaN / infinite values: not a detection
     confidence = array[:, 2]
-    if not np.isfinite(confidence).all():
-        raise _fail(source, f"{where}: keypoint confidences must be finite")
     negative = np.flatnonzero(confidence < 0)
     if negative.size:
         j = int(negative[0])
         raise _fail(source, f"{where}: negative confidence {confidence[j]} at keypoint {j} ({COCO17_NAMES[j]})")
-    bad = np.flatnonzero((confidence > 0) & ~np.isfinite(array[:, :2]).all(axis=1))
-    if bad.size:
-        raise _fail(source, f"{where}: keypoint {int(bad[0])} ({COCO17_NAMES[int(bad[0])]}) has non-finite coordinates")
     return array
 
 

@@ -29,6 +29,8 @@ from labelmill.operators.pose3d.keypoints_format import (
     VideoKeypoints,
     boxes_from_keypoints,
     mean_visible_confidence,
+    undetect_non_finite,
+    undetect_outside_frame,
 )
 
 __all__ = [
@@ -172,15 +174,11 @@ def parse_openpose_frame(document: Any, *, source: str) -> np.ndarray:
             raise KeypointsFormatError(
                 f"{source}: people[{p}]: wrong number of keypoint values {flat.size}; expected {sizes}"
             )
-        points = flat.reshape(-1, 3)
+        points = undetect_non_finite(flat.reshape(-1, 3))  # NaN / infinite values: not a detection
         confidence = points[:, 2]
-        if not np.isfinite(confidence).all() or (confidence < 0).any():
-            j = int(np.flatnonzero(~np.isfinite(confidence) | (confidence < 0))[0])
-            raise KeypointsFormatError(
-                f"{source}: people[{p}]: negative or non-finite confidence {confidence[j]} at keypoint {j}"
-            )
-        if not np.isfinite(points[confidence > 0, :2]).all():
-            raise KeypointsFormatError(f"{source}: people[{p}]: non-finite coordinates of a detected keypoint")
+        if (confidence < 0).any():
+            j = int(np.flatnonzero(confidence < 0)[0])
+            raise KeypointsFormatError(f"{source}: people[{p}]: negative confidence {confidence[j]} at keypoint {j}")
         out[p] = openpose_to_coco17(points)
     return out
 
@@ -352,13 +350,12 @@ def parse_coco_results(
                 f"{source}: {where}: wrong number of keypoint values {flat.size}; "
                 f"expected {3 * NUM_KEYPOINTS} (17 x [x, y, v])"
             )
-        triples = flat.reshape(NUM_KEYPOINTS, 3)
+        triples = undetect_non_finite(flat.reshape(NUM_KEYPOINTS, 3))  # NaN / infinite values: not a detection
         third = triples[:, 2]
-        if not np.isfinite(third).all() or (third < 0).any():
-            j = int(np.flatnonzero(~np.isfinite(third) | (third < 0))[0])
+        if (third < 0).any():
+            j = int(np.flatnonzero(third < 0)[0])
             raise KeypointsFormatError(
-                f"{source}: {where}: negative or non-finite confidence {third[j]} "
-                f"at keypoint {j} ({COCO17_NAMES[j]})"
+                f"{source}: {where}: negative confidence {third[j]} at keypoint {j} ({COCO17_NAMES[j]})"
             )
         score = entry.get("score")
         is_number = isinstance(score, (int, float)) and not isinstance(score, bool)
@@ -483,6 +480,36 @@ def _candidate_names(key: Any, uri: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _positive_int(value: Any) -> int | None:
+    """``value`` as a positive int (a decoded frame size), None when absent, 0 or not a number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number >= 1 else None
+
+
+def _rows_for(keypoints: VideoKeypoints, frames: Any, found: str) -> VideoKeypoints:
+    """The file's rows for the decoded source ``frames`` (None: dense over the file's frames)."""
+    if frames is None:
+        last = int(keypoints.frame_indices[-1]) if keypoints.num_frames else -1
+        span = keypoints.video_frames or last + 1
+        if span > MAX_DENSE_FRAMES:
+            raise KeypointsFormatError(f"{found}: {span} frames exceed the limit of {MAX_DENSE_FRAMES}")
+        return keypoints.densify()
+    frames = np.asarray(frames, dtype=np.int64).reshape(-1)
+    if not frames.size:
+        raise KeypointsFormatError(f"{found}: the item has no decoded frames to attach keypoints to")
+    last = int(keypoints.frame_indices[-1]) if keypoints.num_frames else -1
+    covered = keypoints.video_frames or last + 1
+    if frames[0] >= covered:
+        listed = f"source frames 0..{covered - 1}" if covered else "no frame"
+        raise KeypointsFormatError(
+            f"{found}: the file covers {listed} but the decoded frames are {int(frames[0])}..{int(frames[-1])} "
+            "(frame t of a keypoint file is source frame t of the video; is it this video's file?)")
+    return keypoints.at_frames(frames)
+
+
 def _empty_columns() -> dict[str, Any]:
     return {**empty_keypoint_columns(), "keypoints_uri": None}
 
@@ -491,21 +518,32 @@ class PrecomputedKeypoints:
     """Operator: attach precomputed 2D keypoints to work items (engine-free, picklable).
 
     Input columns: ``key``, ``uri`` (the video); optional ``keypoints_uri`` (the keypoint
-    file or OpenPose directory of the item; null: look it up), ``status``/``reason`` (items
-    already ``failed`` pass through). Lookup under ``root`` tries, for each candidate name
-    (the key; for a Kinetics clip key ``<id>_<start>_<end>`` also ``<id>``; the video file's
-    stem): ``<root>/<name>.json`` (labelmill or COCO results) and, for OpenPose,
-    ``<root>/<name>/`` or ``<root>/<name>_<frame:012d>_keypoints.json``.
+    file or OpenPose directory of the item; null: look it up), ``frame_indices`` (the source
+    frames :class:`~labelmill.operators.common.decode.DecodeVideo` kept), ``original_width``/
+    ``original_height`` (the decoded frame size), ``status``/``reason`` (items already
+    ``failed`` pass through). Lookup under ``root`` tries, for each candidate name (the key;
+    for a Kinetics clip key ``<id>_<start>_<end>`` also ``<id>``; the video file's stem):
+    ``<root>/<name>.json`` (labelmill or COCO results) and, for OpenPose, ``<root>/<name>/`` or
+    ``<root>/<name>_<frame:012d>_keypoints.json``.
 
-    Added columns, one entry per item, dense over source frames (row t = frame t, t <
-    the file's ``num_frames`` or the last listed frame + 1; frames without an entry are empty):
+    Row t of a keypoint file is source frame t of the video at ``uri``. With ``frame_indices``
+    the added columns have one row per decoded frame (row t = source frame
+    ``frame_indices[t]``: a time range and ``decode.fps`` cut the file to the frames decoded);
+    without it they are dense over source frames (row t = frame t, t < the file's
+    ``num_frames`` or the last listed frame + 1). Frames the file does not list are empty; an
+    item none of whose decoded frames the file covers fails. Keypoints more than
+    :data:`~labelmill.operators.pose3d.keypoints_format.OUTSIDE_FRAME_TOLERANCE` of the frame
+    size outside the frame (decoded size, else the file's) and NaN/infinite ones are undetected.
+
+    Added columns, one entry per item:
 
     * ``keypoints (F, P, 17, 3)`` float32, ``person_mask (F, P)`` bool, ``boxes (F, P, 4)``
       float32, ``scores (F, P)`` float32 (see :class:`VideoKeypoints`; zero-size when failed)
     * ``keypoint_fps`` float (NaN unknown), ``keypoint_width``/``keypoint_height`` int32
       pixels (0 unknown), ``keypoints_uri`` the file or directory read (None when none was found)
-    * ``status`` ``failed`` with a ``reason`` naming the file when the keypoints are missing or
-      malformed; otherwise the input status (``pending`` when absent) and reason.
+    * ``status`` ``failed`` with a ``reason`` naming the file when the keypoints are missing,
+      malformed or do not cover the decoded frames; otherwise the input status (``pending``
+      when absent) and reason.
 
     A failing item never stops the batch.
     """
@@ -513,7 +551,7 @@ class PrecomputedKeypoints:
     resources: ClassVar[dict[str, int]] = {"num_cpus": 1, "num_gpus": 0, "batch_size": 16}
 
     # Columns read and added (the persisted pipeline loads exactly these from stored results).
-    reads = ("key", "uri", "keypoints_uri")
+    reads = ("key", "uri", "keypoints_uri", "frame_indices", "original_width", "original_height")
     writes = ("keypoints", "person_mask", "boxes", "scores", "keypoint_fps", "keypoint_width", "keypoint_height", "keypoints_uri")
 
     def __init__(self, *, root: str, format: KeypointFileFormat = "auto") -> None:
@@ -550,6 +588,9 @@ class PrecomputedKeypoints:
         keys = items.keys
         uris = list(batch.get("uri", [None] * size))
         explicit = list(batch.get("keypoints_uri", [None] * size))
+        decoded = list(batch.get("frame_indices", [None] * size))
+        widths = list(batch.get("original_width", [None] * size))
+        heights = list(batch.get("original_height", [None] * size))
         columns: dict[str, list] = {name: [] for name in _empty_columns()}
         for i in range(size):
             result = _empty_columns()
@@ -558,11 +599,13 @@ class PrecomputedKeypoints:
             if not items.is_failed(i):
                 try:
                     found, keypoints = self._read_item(keys[i], uris[i], explicit[i])
-                    last = int(keypoints.frame_indices[-1]) if keypoints.num_frames else -1
-                    span = keypoints.video_frames or last + 1
-                    if span > MAX_DENSE_FRAMES:
-                        raise KeypointsFormatError(f"{found}: {span} frames exceed the limit of {MAX_DENSE_FRAMES}")
-                    dense = keypoints.densify()
+                    dense = _rows_for(keypoints, decoded[i], found)
+                    width = _positive_int(widths[i]) or dense.width
+                    height = _positive_int(heights[i]) or dense.height
+                    dense, outside = undetect_outside_frame(dense, width, height)
+                    if outside:
+                        logger.info("item %s: %d keypoints of %s outside the %sx%s frame made undetected",
+                                    keys[i], outside, found, width, height)
                     result.update(dense.as_columns())
                     result["keypoint_fps"] = math.nan if dense.fps is None else dense.fps
                     result["keypoint_width"] = dense.width or 0

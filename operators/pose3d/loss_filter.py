@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from labelmill.infra.formats.items import ItemStatus
+from labelmill.operators.pose3d.item_errors import failure_reason
 from labelmill.operators.pose3d.fit_quality import FilterConfig, decide, frame_losses
 
 __all__ = ["LossFilter", "filter_columns"]
@@ -65,8 +66,8 @@ class LossFilter:
         for i in items.pending():
             try:
                 decided = self._decide(batch, i)
-            except (KeyError, ValueError, TypeError) as exc:
-                items.fail(i, f"loss filter of {items.keys[i]}: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one item's odd input fails that item
+                items.fail(i, failure_reason("loss filter", items.keys[i], exc))
                 continue
             for name in _OUTPUT:
                 columns[name][i] = decided[name]

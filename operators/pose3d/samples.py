@@ -41,7 +41,10 @@ import numpy as np
 
 from labelmill.infra.formats.items import STATUS_FAILED, STATUS_FILTERED, STATUS_WRITTEN, ItemStatus
 from labelmill.operators.pose3d.fit_quality import KEPT, frame_losses
-from labelmill.infra.formats.shards import Sample, encode_json, encode_npz, sample_tar_size, tar_bytes
+from labelmill.infra.formats.shards import (
+    Sample, encode_json, encode_npz, member_name_problem, sample_tar_size, tar_bytes,
+)
+from labelmill.operators.pose3d.item_errors import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ __all__ = [
 ]
 
 NO_FRAMES_KEPT = "no_frames_kept"
+# The fields (tar member extensions) of every frame sample.
+SAMPLE_FIELDS = ("jpg", "json", "smpl.npz")
 
 # name -> shape of one frame's array; "betas" is per video, the rest are per frame.
 _PER_FRAME_ARRAYS = {
@@ -236,7 +241,13 @@ def video_samples(row: Mapping[str, Any], *, config: Pose3dSampleConfig | None =
     frame_reason = [str(r) for r in row["frame_reason"]]
     num_frames = len(frame_reason)
     if len(jpegs) != num_frames:
-        raise Pose3dSampleError(f"video {key!r}: {len(jpegs)} JPEG frames but {num_frames} fitted frames")
+        raise Pose3dSampleError(
+            f"video {key!r}: {len(jpegs)} decoded JPEG frames but {num_frames} fitted frames (the keypoints do not "
+            "match the decoded frames: were they detected or cut for another time range or frame rate?)")
+    if num_frames:
+        problem = member_name_problem(sample_key(key, num_frames - 1), SAMPLE_FIELDS)
+        if problem is not None:
+            raise Pose3dSampleError(f"video {key[:60]!r}: {problem}")
     betas = np.asarray(row["betas"], dtype=np.float32)
     if betas.shape != (10,):
         raise Pose3dSampleError(f"video {key!r}: column 'betas' has shape {betas.shape}, expected (10,)")
@@ -332,10 +343,11 @@ def batch_samples(
     for row in _rows(batch):
         try:
             result = video_samples(row, config=config)
-        except Pose3dSampleError as exc:
-            log.warning("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - one video's odd columns fail that video
+            reason = str(exc) if isinstance(exc, Pose3dSampleError) else failure_reason("samples", row["key"], exc)
+            log.warning("%s", reason)
             frames_in = len(_jpeg_list(row))
-            result = VideoSamples([], failed_input_row(str(row["key"]), str(exc), frames_in=frames_in,
+            result = VideoSamples([], failed_input_row(str(row["key"]), reason, frames_in=frames_in,
                                                         label=None if row.get("label") is None else str(row["label"])))
         samples.extend(result.samples)
         input_rows.append(result.input_row)
@@ -391,6 +403,9 @@ class BuildSamples:
             except Pose3dSampleError as exc:
                 log.warning("%s", exc)
                 items.fail(i, str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one video's odd columns fail that video
+                items.fail(i, failure_reason("samples", items.keys[i], exc))
                 continue
             for name in self.writes:
                 columns[name][i] = built[name]

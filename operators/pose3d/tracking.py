@@ -38,6 +38,7 @@ from scipy.optimize import linear_sum_assignment
 
 from labelmill.operators.pose3d.keypoints_format import NUM_KEYPOINTS, VideoKeypoints
 from labelmill.infra.formats.items import ItemStatus
+from labelmill.operators.pose3d.item_errors import failure_reason
 
 __all__ = [
     "TrackingConfig",
@@ -417,8 +418,8 @@ class TrackPersonOfInterest:
                         frame_indices=np.arange(keypoints.shape[0]),
                     )
                     result = track_person_of_interest(vk, config=self.config)
-                except ValueError as exc:
-                    items.fail(i, f"item {keys[i]}: cannot track people: {exc}")
+                except Exception as exc:  # noqa: BLE001 - one item's odd input fails that item
+                    items.fail(i, failure_reason("tracking", keys[i], exc))
             if result is None:
                 out_columns["track_ids"].append(np.zeros((0, 0), np.int64))
                 out_columns["main_track"].append(-1)

@@ -18,7 +18,11 @@ from labelmill.infra.corpus import (
     CorpusError,
     detect_kind,
     file_fingerprint,
+    MAX_KEY_LENGTH,
+    MAX_KEY_PART_LENGTH,
+    MAX_KEY_PARTS,
     is_safe_key,
+    key_problem,
     read_corpus,
     read_corpus_from_config,
     read_directory,
@@ -275,6 +279,57 @@ def test_manifest_keys_given_invalid_and_colliding(tmp_path):
     collided = rows["clip__duplicate_row_000003"]
     assert collided["status"] == "failed" and "add a 'key' column" in collided["reason"]
     assert rows["__invalid_row_000004"]["reason"] == "row 4: empty uri"
+
+
+def test_key_limits_keep_member_names_and_paths_valid():
+    from labelmill.infra.formats.shards import MAX_MEMBER_NAME_BYTES, member_name_problem
+
+    at_limits = [
+        "/".join(["a" * 11] * MAX_KEY_PARTS)[:MAX_KEY_LENGTH],  # 16 parts, 191 characters
+        "b" * MAX_KEY_PART_LENGTH + "/" + "c" * (MAX_KEY_LENGTH - MAX_KEY_PART_LENGTH - 2) + "_",
+        "_-" * 50 + "/" + "-_" * 49,  # single underscores are not escaped
+    ]
+    for key in at_limits:
+        assert key_problem(key) is None and is_safe_key(key), key
+        # a frame sample of it gives member names tar can extract
+        assert member_name_problem(f"{key}/9999999", ("jpg", "json", "smpl.npz", "a" * 20)) is None
+    assert "is 201 characters long" in key_problem("k" * 201)
+    assert "limited to 200 characters" in key_problem("k" * 201)
+    assert "has 17 parts" in key_problem("/".join("p" * 17))
+    assert "a part of 101 characters" in key_problem("a/" + "b" * 101)
+    assert "tar member key of" in key_problem("_" * 80 + "/" + "_" * 80)  # each "_" beside "_" becomes %5F
+    assert "is not made of" in key_problem("a.b") and not is_safe_key("")
+    too_long = "x" * 300 + "/000000"
+    assert f"at most {MAX_MEMBER_NAME_BYTES}" in member_name_problem(too_long, ("jpg",))
+
+
+def test_keys_beyond_the_limits_fail_their_rows_in_every_reader(tmp_path):
+    root = str(tmp_path)
+    long_name, deep = "n" * 150, "/".join(["d"] * 20)
+    put(f"{root}/dir/{long_name}.mp4", b"1")
+    put(f"{root}/dir/{deep}/clip.mp4", b"2")
+    put(f"{root}/dir/ok.mp4", b"3")
+    rows = read_directory(f"{root}/dir").to_pylist()
+    assert [r["key"] for r in rows if r["status"] == "pending"] == ["ok"]
+    failed = [r["reason"] for r in rows if r["status"] == "failed"]
+    assert len(failed) == 2 and all(r["key"].startswith("__invalid_key_") for r in rows if r["key"] != "ok")
+    (wide,) = [r for r in failed if "a part of 150 characters" in r]
+    (deeper,) = [r for r in failed if "has 21 parts" in r]
+    assert wide.startswith(long_name[:20]) and deeper.startswith("d/d/d/")
+    # manifest: a given key and a derived one
+    put(f"{root}/m.csv", f"key,uri\n{'k' * 1000},{root}/dir/ok.mp4\n,{root}/dir/{long_name}.mp4\n".encode())
+    by_key = rows_by_key(read_manifest(f"{root}/m.csv"))
+    assert "line 2: key 'kkkk" in by_key["__invalid_line_000002"]["reason"]
+    assert "1000 characters long" in by_key["__invalid_line_000002"]["reason"]
+    derived = [r for k, r in by_key.items() if k.startswith("__invalid_key_")]
+    assert len(derived) == 1 and derived[0]["reason"].startswith("line 3: key 'nnn")
+    # Kinetics: a youtube id too long for a key
+    youtube_id = "y" * 190
+    put(f"{root}/k/train.csv", f"youtube_id,time_start,time_end\n{youtube_id},1,2\n".encode())
+    put(f"{root}/k/videos/{youtube_id}_000001_000002.mp4", b"4")
+    (row,) = read_kinetics(f"{root}/k/train.csv").to_pylist()
+    assert row["status"] == "failed" and row["key"].startswith("__invalid_key_")
+    assert row["reason"].startswith("line 2: key 'yyy") and "204 characters long" in row["reason"]
 
 
 def test_manifest_without_uri_column_is_an_error(tmp_path):

@@ -302,7 +302,7 @@ def test_coco_results_errors_name_the_file(tmp_path):
         read_coco_results(path)
     negative = _coco_entry(1, 10, 0.5)
     negative["keypoints"][5] = -2
-    expected = r"neg\.json: result 0 \(image 1\): negative or non-finite confidence -2.0 at keypoint 1"
+    expected = r"neg\.json: result 0 \(image 1\): negative confidence -2.0 at keypoint 1"
     with pytest.raises(KeypointsFormatError, match=expected):
         read_coco_results(_write_json(tmp_path / "neg.json", [negative]))
     with pytest.raises(KeypointsFormatError, match=r"obj\.json: unknown keypoint format"):
@@ -374,3 +374,78 @@ def test_operator_uses_an_explicit_keypoints_uri_and_flat_openpose_files(tmp_pat
     assert out["keypoints"][1].shape == (1, 1, 17, 3)
     with pytest.raises(ValueError, match="format"):
         PrecomputedKeypoints(root=str(flat), format="yaml")
+
+
+# ----------------------------------------------------------------------------- decoded frames, frame bounds
+
+
+def test_at_frames_picks_source_frames_and_leaves_unlisted_ones_empty():
+    a, b = _person(10, 50), _person(20, 50)
+    vk = VideoKeypoints.from_frames([[a], [a, b], [b]], frame_indices=[2, 5, 9], fps=30, video_frames=12)
+    picked = vk.at_frames([5, 6, 9, 15])
+    assert picked.frame_indices.tolist() == [5, 6, 9, 15] and picked.video_frames == 16
+    assert picked.person_mask.tolist() == [[True, True], [False, False], [True, False], [False, False]]
+    np.testing.assert_array_equal(picked.keypoints[2, 0], vk.keypoints[2, 0])
+    np.testing.assert_array_equal(picked.boxes[0], vk.boxes[1])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        vk.at_frames([3, 3])
+
+
+def test_keypoints_far_outside_the_frame_become_undetected():
+    from labelmill.operators.pose3d.keypoints_format import OUTSIDE_FRAME_TOLERANCE, undetect_outside_frame
+
+    inside, gone = _person(100, 100), _person(100, 100)
+    inside[0, 0] = -0.1 * 320 + 1  # within the tolerance: kept
+    inside[1, 0], inside[2, 0], inside[3, 1] = -500.0, 1e7, 240 * (1 + OUTSIDE_FRAME_TOLERANCE) + 1
+    gone[:, 0] = -500.0
+    vk = VideoKeypoints.from_frames([[inside, gone]], boxes=[[[-500, 0, 1e7, 200], [-600, 0, -400, 50]]])
+    out, count = undetect_outside_frame(vk, 320, 240)
+    assert count == 3 + 17
+    assert out.keypoints[0, 0, 1:4].tolist() == [[0.0, 0.0, 0.0]] * 3
+    assert out.keypoints[0, 0, 0, 2] > 0 and out.keypoints[0, 0, 4:, 2].min() > 0
+    assert out.person_mask.tolist() == [[True, False]] and out.scores[0, 1] == 0
+    np.testing.assert_allclose(out.boxes[0, 0], [-32, 0, 352, 200])
+    same, none = undetect_outside_frame(VideoKeypoints.from_frames([[_person(100, 100)]]), 320, 240)
+    assert none == 0 and np.array_equal(same.keypoints[0, 0], _person(100, 100))
+    assert undetect_outside_frame(vk, None, 240) == (vk, 0)  # no frame size: nothing to judge by
+
+
+def test_non_finite_keypoints_are_read_as_undetected(tmp_path):
+    document = VideoKeypoints.from_frames([[_person(30, 40)]]).to_json()
+    document["frames"][0]["people"][0]["keypoints"][4] = [float("nan"), 3.0, 0.9]
+    document["frames"][0]["people"][0]["keypoints"][5] = [1.0, float("inf"), 0.9]
+    document["frames"][0]["people"][0]["keypoints"][6] = [1.0, 2.0, float("nan")]
+    vk = read_keypoints(_write_json(tmp_path / "nan.json", document))  # json writes NaN / Infinity
+    assert vk.keypoints[0, 0, 4:7].tolist() == [[0.0, 0.0, 0.0]] * 3 and vk.keypoints[0, 0, 7, 2] > 0
+    values = _openpose_person(BODY25, 0)
+    values[3 * 7] = float("nan")  # LWrist x
+    _write_json(tmp_path / "op" / "v_000000000000_keypoints.json", {"people": [{"pose_keypoints_2d": values}]})
+    openpose = read_openpose(str(tmp_path / "op"))
+    assert openpose.keypoints[0, 0, COCO17_NAMES.index("left_wrist")].tolist() == [0.0, 0.0, 0.0]
+    entry = _coco_entry(1, 10, 0.5)
+    entry["keypoints"][0] = float("inf")
+    coco = parse_coco_results([entry], source="c.json", confidence="confidence")
+    assert coco.keypoints[0, 0, 0].tolist() == [0.0, 0.0, 0.0] and coco.keypoints[0, 0, 1, 2] == 0.5
+
+
+def test_operator_cuts_keypoints_to_the_decoded_frames_and_frame(memory_root):
+    people = [[_person(100 + t, 100)] for t in range(10)]
+    people[3][0][0, 0] = -500.0  # far left of a 320-pixel frame
+    _put(f"{memory_root}/kp/clip.json", VideoKeypoints.from_frames(people, width=320, height=240, fps=30).to_json())
+    batch = {
+        "key": ["clip", "clip", "clip", "clip"],
+        "uri": ["v/clip.mp4"] * 4,
+        "frame_indices": [[3, 6, 9], None, [10, 11], []],  # a range at 10 fps; no decode; past the file; none
+        "original_width": np.array([320, 0, 320, 320], np.int32),
+        "original_height": np.array([240, 0, 240, 240], np.int32),
+    }
+    out = PrecomputedKeypoints(root=f"{memory_root}/kp")(batch)
+    assert out["status"] == ["pending", "pending", "failed", "failed"]
+    assert out["keypoints"][0].shape == (3, 1, 17, 3)
+    for row, frame in enumerate((3, 6, 9)):
+        np.testing.assert_allclose(out["keypoints"][0][row, 0, 1:], people[frame][0][1:], atol=1e-4)
+    assert out["keypoints"][0][0, 0, 0].tolist() == [0.0, 0.0, 0.0]  # outside the decoded frame
+    assert out["keypoints"][1].shape == (10, 1, 17, 3)  # dense without frame_indices
+    assert out["keypoints"][1][3, 0, 0, 2] == 0  # the file's own width judged it
+    assert "covers source frames 0..9 but the decoded frames are 10..11" in out["reason"][2]
+    assert "no decoded frames" in out["reason"][3]
