@@ -19,7 +19,7 @@ from labelmill.infra.preflight import PreflightError
 log = logging.getLogger("labelmill")
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ("run", "demo", "config", "synth", "body", "prior", "train", "keypoints", "eval", "bench", "validate", "inspect", "versions", "gc")
+COMMAND_MODULES = ("run", "demo", "config", "synth", "body", "prior", "train", "keypoints", "eval", "bench", "validate", "inspect", "report", "versions", "gc")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

@@ -12,11 +12,11 @@ from labelmill.pipelines.commands._common import add_config_args, resolve_config
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="synthetic corpora -> `run pose3d` / `run segmentation` -> validated datasets -> accuracy (`make run`)",
+        help="synthetic corpora -> `run pose3d` / `run segmentation` -> validated datasets -> accuracy -> HTML report (`make run`)",
         description="Generate a small synthetic video corpus with ground truth, run the pose3d pipeline on it, "
         "validate and evaluate the dataset; run the real sample clips too when --sample-media has them. "
         "Then the same for segmentation: a synthetic image corpus, run segmentation, validate, eval segmentation. "
-        "--config/--set configure the pose3d run.",
+        "Last, `labelmill report` of every dataset into OUT/report/index.html. --config/--set configure the pose3d run.",
     )
     parser.add_argument("--out", required=True, help="output directory (any fsspec URL)")
     parser.add_argument("--videos", type=int, default=8, help="synthetic videos (default 8)")
@@ -88,6 +88,15 @@ def _demo(args: argparse.Namespace) -> int:
         lines.append(f"    mIoU {scores['miou']:.3f} over labelled pixels, ignore {1 - scores['box_labelled_fraction']:.3f} "
                      f"of box pixels; PQ {scores['pq']:.3f}")
     lines.extend(f"  note: {n}" for n in result.notes)
-    lines.append(f"  outputs: {args.out.rstrip('/')}/ (corpus/, dataset/, real_dataset/, seg_corpus/, seg_dataset/, voc_dataset/)")
+    from labelmill.pipelines.report import write_report
+
+    shown = [(title, run.version_url) for title, run in (
+        ("synthetic pose3d dataset (dataset/)", result.synthetic), ("real clips pose3d dataset (real_dataset/)", result.real),
+        ("synthetic segmentation dataset (seg_dataset/)", result.segmentation),
+        ("real VOC photo segmentation dataset (voc_dataset/)", result.voc_photo)) if run is not None]
+    report = write_report([url for _, url in shown], f"{args.out.rstrip('/')}/report", titles=[t for t, _ in shown])
+    lines.append(f"  report: {report}")
+    lines.append(f"  outputs: {args.out.rstrip('/')}/ (corpus/, dataset/, real_dataset/, seg_corpus/, seg_dataset/, voc_dataset/, "
+                 "report/)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
