@@ -16,7 +16,11 @@ it unchanged. Per item the wrapper
    (``_work``), scalar columns and the columns a stage names ``inline`` (small summaries).
 
 Failed items are routed around the operator (it only sees items that still need work). With
-``recompute`` (``--full``) stored results are ignored and overwritten.
+``recompute`` (``--full``) stored results are ignored and overwritten. An operator fails its
+own bad items (those failures are stored and reused); if it raises anyway, the batch is run
+again item by item and only the items that raise fail, with the exception in their reason and
+the traceback in the log; such failures, and an item whose result the store refuses (an
+``OSError``), are not stored, so the next run tries them again. No single item stops a run.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ INLINE_COLUMN = "_inline"  # stored in each result: the names of its columns tha
 FILES_COLUMN = "_files"  # stored in each result: the file columns written beside it (listed inline)
 COMPUTED, REUSED = "computed", "reused"
 _MAX_INLINE_TEXT = 256
+_UNEXPECTED = "_unexpected_failure"  # set on an item whose operator raised: its failure is not stored
 
 
 def _is_small(value: Any) -> bool:
@@ -142,11 +147,12 @@ class PersistedStage:
     def _store_output(self, row: dict[str, Any], given: Mapping[str, Any], out: dict[str, Any], key: str) -> dict[str, Any]:
         """Persist what the operator added for one item; return the item with only small columns."""
         store, plan = self._store, self.plan
-        added = {c: v for c, v in out.items() if c not in given and c not in ("status", "reason")}
+        added = {c: v for c, v in out.items() if c not in given and c not in ("status", "reason", _UNEXPECTED)}
         result = dict(row)
         result["status"], result["reason"] = out.get("status", row.get("status")), out.get("reason", row.get("reason"))
         if result["status"] == STATUS_FAILED:
-            store.write_failure(plan.name, key, str(result["reason"] or STATUS_FAILED))
+            if not out.get(_UNEXPECTED):  # an operator's own verdict is stored; a raise is retried next run
+                store.write_failure(plan.name, key, str(result["reason"] or STATUS_FAILED))
             return result
         inline: list[str] = []
         files: list[str] = []
@@ -187,14 +193,45 @@ class PersistedStage:
         if todo:
             self._ensure_operator()
             given = [self._inputs(rows[i]) for i, _ in todo]
-            out_rows = batch_to_rows(self.operator(rows_to_batch(given)))
-            if len(out_rows) != len(given):
-                raise RuntimeError(f"stage {self.plan.name}: operator returned {len(out_rows)} items for {len(given)}")
+            out_rows = self._call_isolated(given)
             for (i, key), inputs, out in zip(todo, given, out_rows):
-                stored = self._store_output(rows[i], inputs, out, key)
+                try:
+                    stored = self._store_output(rows[i], inputs, out, key)
+                except OSError as exc:  # the store refused this item's result: fail the item, not the run
+                    stored = dict(rows[i], status=STATUS_FAILED,
+                                  reason=f"stage {self.plan.name}: item {rows[i].get('key')}: cannot store its result: "
+                                         f"{type(exc).__name__}: {exc}")
                 stored[WORK_COLUMN] = {**(rows[i].get(WORK_COLUMN) or {}), self.plan.name: COMPUTED}
                 rows[i] = stored
         return rows_to_batch(rows)
+
+    def _call_isolated(self, given: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The operator's output rows for ``given``. Operators fail their own bad items; if one
+        raises anyway, the batch is run again item by item and only the items that raise fail
+        (their reason names the stage, the item and the exception; the traceback is logged)."""
+        name = self.plan.name
+
+        def run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            out = batch_to_rows(self.operator(rows_to_batch(rows)))
+            if len(out) != len(rows):
+                raise RuntimeError(f"stage {name}: operator returned {len(out)} items for {len(rows)}")
+            return out
+
+        try:
+            return run(given)
+        except Exception as exc:  # noqa: BLE001 - one item must not stop the run
+            if len(given) > 1:
+                log.warning("stage %s: a batch of %d items raised %s: %s; running them one by one", name, len(given),
+                            type(exc).__name__, exc)
+        out_rows = []
+        for row in given:
+            try:
+                out_rows.extend(run([row]))
+            except Exception as exc:  # noqa: BLE001
+                log.warning("stage %s: item %s raised", name, row.get("key"), exc_info=exc)
+                out_rows.append({**row, "status": STATUS_FAILED, _UNEXPECTED: True,
+                                 "reason": f"stage {name}: item {row.get('key')}: unexpected {type(exc).__name__}: {exc}"})
+        return out_rows
 
 
 def chain_keys(pipeline: Pipeline, row: Mapping[str, Any]) -> dict[str, str]:

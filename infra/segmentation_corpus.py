@@ -43,7 +43,7 @@ from typing import Any, Iterable, Literal, Sequence
 import pyarrow as pa
 
 from labelmill.infra import storage
-from labelmill.infra.corpus import CorpusError, key_from_relpath, is_safe_key
+from labelmill.infra.corpus import CorpusError, key_from_relpath, key_problem
 from labelmill.infra.formats.coco import (
     AnnotationFormatError,
     CocoFormatError,
@@ -542,8 +542,11 @@ def _to_table(rows: list[_SegRow]) -> pa.Table:
     """Fail later duplicates of a key (input order), then sort by key."""
     first: dict[str, _SegRow] = {}
     for row in rows:
-        if not is_safe_key(row.key):  # cannot happen for derived keys; keep the contract anyway
+        problem = key_problem(row.key)
+        if problem is not None:  # a derived key is well-formed but may be too long or too deep
             row.key = f"__invalid_image_{row.image_id}"
+            if row.status != STATUS_FAILED:
+                row.status, row.reason = STATUS_FAILED, f"file_name {row.file_name!r}: {problem}"
         if row.key in first:
             original = first[row.key]
             new_key = f"{row.key}__duplicate_{row.image_id}"

@@ -199,6 +199,21 @@ def test_duplicate_file_names_and_unsafe_names(tmp_path):
     assert spaced["key"].startswith("my_photo-") and spaced["status"] == "pending"
 
 
+def test_a_key_too_long_or_too_deep_fails_its_image(tmp_path):
+    long_name, deep_name = "x" * 150 + "/" + "y" * 120 + ".jpg", "/".join("d" * 20) + "/im.jpg"
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": long_name}, {"id": 3, "file_name": deep_name}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 4, 4]} for i in (1, 2, 3)],
+        "categories": CATEGORIES,
+    }
+    by_id = {r["image_id"]: r for r in rows(read_segmentation_corpus(
+        write_coco(str(tmp_path), doc, files=("a.jpg", long_name, deep_name)))).values()}
+    assert by_id[1]["status"] == "pending"
+    assert by_id[2]["status"] == "failed" and "characters" in by_id[2]["reason"] and long_name[:20] in by_id[2]["reason"]
+    assert by_id[3]["status"] == "failed" and "21 parts" in by_id[3]["reason"]
+    assert all(is_safe_key(r["key"]) for r in by_id.values())
+
+
 def test_images_folder_option(tmp_path):
     doc = {"images": [{"id": 1, "file_name": "x.jpg"}],
            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}],
