@@ -8,7 +8,8 @@ Layout (DESIGN §2)::
     OUT/versions/<id>/inputs.parquet     one row per input item, sorted by input_key
     OUT/versions/<id>/stats.json         funnel counts and per-stage throughput
     OUT/versions/<id>/config.yaml        resolved config + code/model fingerprints
-    OUT/versions/<id>/_SUCCESS           written last: the version is complete
+    OUT/versions/<id>/_SUCCESS           written last: the version is complete; lists every other
+                                         file of the version with its size and sha256
 
 :class:`DatasetVersionWriter` is a context manager. Samples given to :meth:`~DatasetVersionWriter.add_samples`
 are spooled to a local temporary file and written at :meth:`~DatasetVersionWriter.commit` in
@@ -20,6 +21,12 @@ version without ``_SUCCESS`` never becomes LATEST. Every path is built with
 
 Default version ids are ``<UTC time %Y%m%dT%H%M%SZ>-<first 8 hex digits of sha256(config.yaml)>``,
 e.g. ``20250301T141502Z-3fa2c19b``: they sort by time and tell configs apart at a glance.
+
+Checksums: the writer hashes every file of the version as it writes it, and ``_SUCCESS`` lists
+them (:func:`success_text`), so a version is committed exactly when its checksums are. Every
+index row records the sha256 of each of its sample's members (``member_sha256``,
+:func:`member_sha256_json`); a shared shard's sha256 and its index object's are in
+``shards.json``. ``labelmill validate`` checks them all (infra/validate.py).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import re
 import tarfile
 import tempfile
@@ -84,6 +92,9 @@ __all__ = [
     "read_inputs",
     "read_stats",
     "parquet_bytes",
+    "member_sha256_json",
+    "success_text",
+    "HashingWriter",
 ]
 
 LATEST = "LATEST"
@@ -288,6 +299,38 @@ def _parquet_value(value: Any) -> Any:
     return value
 
 
+# ----------------------------------------------------------------------------- checksums
+
+
+def member_sha256_json(digests: Mapping[str, str]) -> str:
+    """The ``member_sha256`` index value: canonical JSON ``{extension: hex sha256 of the member}``."""
+    return json.dumps(dict(digests), sort_keys=True, separators=(",", ":"))
+
+
+def success_text(files: Mapping[str, Mapping[str, Any]]) -> str:
+    """The ``_SUCCESS`` text: canonical JSON ``{"files": {path in the version: {"bytes", "sha256"}}}``
+    and a newline. Canonical, so a reader can tell any changed byte (re-encode and compare)."""
+    return json.dumps({"files": {k: dict(v) for k, v in files.items()}}, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+class HashingWriter:
+    """A binary file wrapper that counts and hashes what is written through it."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        data = bytes(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._handle.write(data)
+
+    def __getattr__(self, name: str) -> Any:  # tell, flush, closed, ... of the wrapped file
+        return getattr(self._handle, name)
+
+
 # ----------------------------------------------------------------------------- sample spool
 
 
@@ -376,6 +419,7 @@ class DatasetVersionWriter:
         self._shard_bytes: dict[str, int] = {}
         self._shared: list[dict[str, Any]] = []
         self._shared_index: list[tuple[str, str, int]] = []  # (shard, index object URL, samples)
+        self._files: dict[str, dict[str, Any]] = {}  # path in the version -> {bytes, sha256}: _SUCCESS
         self._prepared = False
         self._committed = False
         self._closed = False
@@ -431,6 +475,17 @@ class DatasetVersionWriter:
 
     def _path(self, relative: str) -> str:
         return storage.safe_join(self.url, relative)
+
+    def _record(self, relative: str, written: HashingWriter) -> None:
+        self._files[posixpath.normpath(relative.replace("\\", "/"))] = {
+            "bytes": written.size, "sha256": written.sha256.hexdigest()}
+
+    def _write(self, relative: str, data: bytes) -> None:
+        """Write a file of the version atomically and record its checksum."""
+        with storage.atomic_open(self._path(relative), "wb") as handle:
+            written = HashingWriter(handle)
+            written.write(data)
+        self._record(relative, written)
 
     def _prepare(self) -> None:
         """Before the first file: refuse a committed version, clear leftovers of a crashed one."""
@@ -493,7 +548,7 @@ class DatasetVersionWriter:
             raise ValueError(f"{relative!r} is reserved in a dataset version")
         self._prepare()
         url = self._path(relative)
-        storage.write_bytes(url, bytes(data))
+        self._write(relative, bytes(data))
         return url
 
     def write_shard(self, samples: Iterable[Sample], *, index: int) -> str:
@@ -515,12 +570,17 @@ class DatasetVersionWriter:
 
     def _write_shard_file(self, name: str, samples: list[Sample]) -> None:
         self._prepare()
-        with storage.atomic_open(self._path(f"{SHARDS_DIR}/{name}"), "wb") as handle:
-            self._shard_bytes[name] = write_tar(samples, handle)
+        relative = f"{SHARDS_DIR}/{name}"
+        with storage.atomic_open(self._path(relative), "wb") as handle:
+            written = HashingWriter(handle)
+            self._shard_bytes[name] = write_tar(samples, written)
+        self._record(relative, written)
         for sample in samples:
             self._index_rows.append({
                 **sample.index, "key": sample.key, "member_key": member_key(sample.key), "shard": name,
                 "num_bytes": sample_tar_size(sample),
+                "member_sha256": member_sha256_json({ext: hashlib.sha256(data).hexdigest()
+                                                     for ext, data in sample.fields.items()}),
             })
 
     def _flush_spool(self) -> None:
@@ -546,7 +606,7 @@ class DatasetVersionWriter:
             self._shared_index.append((name, index_url, int(sidecar["samples"])))
             self._record_shared(name, path, sidecar)
             return
-        wanted = {"key", "member_key", "num_bytes", *self._sample_columns}
+        wanted = {"key", "member_key", "num_bytes", "member_sha256", *self._sample_columns}
         for row in index_rows:
             row = dict(row)
             if set(row) != wanted:
@@ -560,8 +620,11 @@ class DatasetVersionWriter:
 
     def _record_shared(self, name: str, path: str, sidecar: Mapping[str, Any]) -> None:
         self._shard_bytes[name] = int(sidecar["bytes"])
-        self._shared.append({"name": name, "path": path, "bytes": int(sidecar["bytes"]),
-                             "sha256": sidecar["sha256"], "samples": int(sidecar["samples"])})
+        entry = {"name": name, "path": path, "bytes": int(sidecar["bytes"]), "sha256": sidecar["sha256"],
+                 "samples": int(sidecar["samples"])}
+        if "index_sha256" in sidecar:  # the shard's index object (packed shards; infra/packing.py)
+            entry["index_sha256"] = sidecar["index_sha256"]
+        self._shared.append(entry)
 
     # -- inputs ------------------------------------------------------------------------------
     def record_inputs(self, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -650,7 +713,10 @@ class DatasetVersionWriter:
 
         try:
             with storage.atomic_open(self._path(INDEX_FILE), "wb") as handle:
-                return _write_index_tables(handle, tables(), schema)
+                written = HashingWriter(handle)
+                per_input = _write_index_tables(written, tables(), schema)
+            self._record(INDEX_FILE, written)
+            return per_input
         except _OutOfOrder as exc:
             log.info("index objects out of key order at %r: sorting the whole index in memory", exc.args[0])
         merged = pa.concat_tables(list(tables())).sort_by("key")
@@ -658,7 +724,10 @@ class DatasetVersionWriter:
         if merged.num_rows > 1 and not pc.all(pc.less(keys.slice(0, merged.num_rows - 1), keys.slice(1))).as_py():
             raise ValueError("duplicate sample keys across shards")
         with storage.atomic_open(self._path(INDEX_FILE), "wb") as handle:
-            return _write_index_tables(handle, [merged], schema)
+            written = HashingWriter(handle)
+            per_input = _write_index_tables(written, [merged], schema)
+        self._record(INDEX_FILE, written)
+        return per_input
 
     def commit(self, stats: Mapping[str, Any] | None = None, config_yaml: str | None = None) -> str:
         """Write shards, parquet files, stats.json, config.yaml, then ``_SUCCESS``, then LATEST.
@@ -686,17 +755,16 @@ class DatasetVersionWriter:
         else:
             per_input = collections.Counter(row["input_key"] for row in self._index_rows)
             index_rows = sorted(self._index_rows, key=lambda r: r["key"])
-            storage.write_bytes(self._path(INDEX_FILE), parquet_bytes(index_rows, index_schema))
+            self._write(INDEX_FILE, parquet_bytes(index_rows, index_schema))
         self._check_accounting(per_input)
         input_rows = sorted(self._input_rows.values(), key=lambda r: r["input_key"])
-        storage.write_bytes(self._path(INPUTS_FILE),
-                            parquet_bytes(input_rows, self.schema.arrow_schema(self.schema.inputs_columns)))
+        self._write(INPUTS_FILE, parquet_bytes(input_rows, self.schema.arrow_schema(self.schema.inputs_columns)))
         document = _json_plain(self._stats(stats, shard_bytes))
-        storage.write_text(self._path(STATS_FILE), json.dumps(document, sort_keys=True, indent=2, allow_nan=False) + "\n")
-        storage.write_text(self._path(CONFIG_FILE), self._config_yaml)
+        self._write(STATS_FILE, (json.dumps(document, sort_keys=True, indent=2, allow_nan=False) + "\n").encode())
+        self._write(CONFIG_FILE, self._config_yaml.encode("utf-8"))
         if self._shared:
-            storage.write_text(self._path(MANIFEST_FILE), json.dumps({"shards": self._shared}, indent=1) + "\n")
-        storage.write_text(self._path(SUCCESS), "")
+            self._write(MANIFEST_FILE, (json.dumps({"shards": self._shared}, indent=1) + "\n").encode())
+        storage.write_text(self._path(SUCCESS), success_text(self._files))
         if self.set_latest:
             storage.write_text(storage.safe_join(self.out_url, LATEST), self.version_id + "\n")
         self._committed = True

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 # Index columns the dataset writer fills in itself; a schema must declare them.
-WRITER_INDEX_COLUMNS = ("key", "member_key", "shard", "num_bytes")
+WRITER_INDEX_COLUMNS = ("key", "member_key", "shard", "num_bytes", "member_sha256")
 _REQUIRED_INDEX_COLUMNS = (*WRITER_INDEX_COLUMNS, "input_key")
 _REQUIRED_INPUTS_COLUMNS = ("input_key", "status", "reason", "frames_in", "frames_fitted", "frames_written")
 
@@ -329,7 +329,7 @@ def _check_json(spec: FieldSpec, data: bytes) -> list[Issue]:
 def _check_npz(spec: FieldSpec, data: bytes) -> list[Issue]:
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
         return [Issue(spec.extension, "not a readable npz archive", got=str(exc)[:120], expected="npz")]
     issues = []
     with archive:
@@ -341,7 +341,7 @@ def _check_npz(spec: FieldSpec, data: bytes) -> list[Issue]:
                 continue
             try:
                 array = archive[array_spec.name]
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:  # e.g. a pickled object array
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as exc:  # e.g. a pickled object array
                 issues.append(Issue(item, "unreadable array", got=str(exc)[:120], expected=array_spec.dtype))
                 continue
             if array.dtype != np.dtype(array_spec.dtype):

@@ -15,10 +15,12 @@ EXIT_OK, EXIT_FAILURE = 0, 1
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "validate",
-        help="check a dataset version's layout, shards and bookkeeping against its schema",
-        description="Check a dataset version: _SUCCESS and LATEST, every shard readable, every sample "
-        "with every schema field of the right dtype and shape, index.parquet == the shards' samples, "
-        "inputs.parquet statuses and counts == stats.json. Exit 0 when sound, 1 otherwise.",
+        help="check a dataset version's checksums, layout, shards and bookkeeping against its schema",
+        description="Check a dataset version: _SUCCESS and LATEST, every file's sha256 against _SUCCESS, "
+        "every shard's against shards.json and every sample member's against index.parquet, every shard "
+        "readable, every sample with every schema field of the right dtype and shape, index.parquet == the "
+        "shards' samples, inputs.parquet statuses and counts == stats.json. A corrupted file is reported, "
+        "never a traceback. Exit 0 when sound, 1 otherwise.",
     )
     parser.add_argument("url", help="output root (follows LATEST) or a version directory OUT/versions/<id>")
     parser.add_argument("--max-problems", type=int, default=20, metavar="N",

@@ -182,7 +182,7 @@ def test_inconsistent_video_becomes_failed_row_naming_the_problem():
     bad["frames_jpeg"] = bad["frames_jpeg"][:2]
     samples, inputs = batch_samples(fake_batch([good, bad]))
     assert len(samples) == 3 and inputs[1]["status"] == "failed"
-    assert "'bad'" in inputs[1]["reason"] and "2 JPEG frames but 3 fitted frames" in inputs[1]["reason"]
+    assert "'bad'" in inputs[1]["reason"] and "2 decoded JPEG frames but 3 fitted frames" in inputs[1]["reason"]
     kept_all_dropped = fake_video_row("none", 2, seed=8, keep_frame=[0, 0])
     result = video_samples(kept_all_dropped)
     assert result.samples == [] and result.input_row["reason"] == "no_frames_kept"

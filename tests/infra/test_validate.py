@@ -1,5 +1,6 @@
 """`labelmill validate` / `labelmill inspect`: a sound version passes; each corruption is named precisely."""
 
+import hashlib
 import io
 import json
 import shutil
@@ -213,3 +214,103 @@ def test_inspect_summarises_counts_reasons_losses_and_labels(out, run_cli):
     assert summary["sample_keys"] == index["key"][:2] and summary["stages"]["fit"]["items_per_s"] == 4.0
     assert summary["counts"]["label"]["inputs"] == {"dancing": 3, "running": 1}
     assert run_cli("inspect", str(out / "missing"))[0] == 1
+
+
+# ----------------------------------------------------------------------------- checksums and corrupt files
+
+
+def test_a_flip_inside_a_jpeg_is_named_by_shard_sample_and_member(out):
+    shard = out / "versions/v1" / SHARD0
+    data = bytearray(shard.read_bytes())
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+    data[member.offset_data + member.size // 2] ^= 0x01  # the magic bytes stay: decodes as a jpeg
+    shard.write_bytes(bytes(data))
+    problems = problems_of(out)
+    key = sample_key_from_member(member.name.split(".", 1)[0])
+    assert any(p.startswith(f"{SHARD0} sample {key}: member 'jpg': sha256 differs from index.parquet") for p in problems)
+    assert any(p.startswith(f"{SHARD0}: sha256 differs from _SUCCESS") for p in problems)
+    assert len(problems) == 2, problems
+
+
+def test_an_npz_header_numpy_refuses_is_a_problem_not_a_traceback(out):
+    shard = out / "versions/v1" / SHARD0
+    samples = read_shard(shard)
+    key = next(iter(samples))
+    npz = bytearray(samples[key]["smpl.npz"])
+    entry = npz.rindex(b"PK\x01\x02")  # the last central directory entry
+    npz[entry + 6: entry + 8] = (99).to_bytes(2, "little")  # "version needed to extract": 9.9
+    samples[key]["smpl.npz"] = bytes(npz)
+    write_shard(shard, samples)
+    problems = problems_of(out)
+    # the field check itself names it (the schema's npz reader catches numpy's NotImplementedError)
+    assert any(p.startswith(f"{SHARD0} sample {sample_key_from_member(key)}: smpl.npz: not a readable npz archive")
+               and "zip file version" in p for p in problems), problems
+
+
+def test_truncated_and_garbled_files_are_each_one_problem(out):
+    version = out / "versions/v1"
+    shard = version / SHARD0
+    shard.write_bytes(shard.read_bytes()[:1300])  # inside the second member
+    (version / "shards/shard-000001.tar").write_bytes(b"\x00garbage" * 100)
+    index = version / "index.parquet"
+    index.write_bytes(index.read_bytes()[:-40])
+    problems = problems_of(out)
+    assert any(p.startswith(f"{SHARD0}: unreadable tar (expected a tar archive, got ReadError") for p in problems)
+    assert any(p.startswith(f"{SHARD0}: size differs from _SUCCESS") for p in problems)
+    assert any(p.startswith("shards/shard-000001.tar: unreadable tar") for p in problems)
+    assert any(p.startswith("index.parquet: not a readable parquet file") for p in problems)
+    (version / "stats.json").write_text('{"schema": "pose3d/1", ')
+    problems = problems_of(out)  # no schema to check the shards against, but their checksums still
+    assert any(p.startswith("stats.json: not valid JSON") for p in problems)
+    assert any(p.startswith("shards/shard-000001.tar: size differs from _SUCCESS") for p in problems)
+
+
+def test_success_lists_every_file_canonically(out):
+    version = out / "versions/v1"
+    success = version / "_SUCCESS"
+    listed = json.loads(success.read_text())["files"]
+    assert sorted(listed) == ["config.yaml", "index.parquet", "inputs.parquet", SHARD0, "shards/shard-000001.tar",
+                              "stats.json"]
+    assert listed["config.yaml"]["bytes"] == (version / "config.yaml").stat().st_size
+    text = success.read_text()
+    success.write_text(text.replace(":", ": ", 1))  # the same JSON, not the bytes the commit wrote
+    assert problems_of(out) == ["_SUCCESS: not in its canonical form: changed after the commit"]
+    success.write_text(text)
+    (version / "notes.txt").write_text("added later")
+    (version / "stats.json").unlink()
+    problems = problems_of(out)
+    assert "notes.txt: not listed in _SUCCESS: not written by the commit" in problems
+    assert "stats.json: missing" in problems
+    success.write_text("")
+    assert problems_of(out)[0].startswith("_SUCCESS: lists no checksums")
+
+
+def test_the_shared_store_objects_are_checked_against_the_manifest(tmp_path):
+    from test_packing import pack_and_commit, store_fragments
+
+    root = tmp_path / "out"
+    fragments, inputs = store_fragments(str(root), fake_rows())
+    shards = pack_and_commit(str(root), fragments, inputs, ShardConfig(max_samples_per_shard=4))
+    assert validate_version(str(root / "versions/shared")) == []
+    first, second = (root / "objects/shards" / s.name for s in shards[:2])
+    sidecar = first.with_suffix(".json")
+    sidecar.write_text(sidecar.read_text().replace(": ", ":"))
+    second.with_suffix(".json").unlink()
+    index_object = second.with_suffix(".index.parquet")
+    index_object.write_bytes(index_object.read_bytes()[:-1] + b"X")
+    problems = [str(p) for p in validate_version(str(root / "versions/shared"))]
+    assert problems == [
+        f"objects/shards/{first.name}.json: sidecar not in its canonical form: changed after packing",
+        f"objects/shards/{second.name}.index.parquet: sha256 differs from the manifest (corrupted index object) "
+        f"(expected {json.loads((root / 'versions/shared/shards.json').read_text())['shards'][1]['index_sha256']}, "
+        f"got {hashlib.sha256(index_object.read_bytes()).hexdigest()})",
+        f"objects/shards/{second.name}.json: missing sidecar: the store does not hold this shard as complete",
+    ]
+    tar = first.with_suffix(".tar")
+    tar.write_bytes(tar.read_bytes()[:-1] + b"\x01")  # in the end-of-archive blocks
+    (root / "versions/shared/stats.json").write_text("{")  # no schema: the samples are not checked, the sums are
+    problems = [str(p) for p in validate_version(str(root / "versions/shared"))]
+    assert any(p.startswith(f"shards.json: objects/shards/{first.name}.tar: sha256 differs from the manifest")
+               for p in problems), problems
+    assert any(p.startswith("stats.json: size differs from _SUCCESS") for p in problems)
