@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from labelmill.infra.config import ConfigError
 from labelmill.infra.preflight import PreflightError
+from labelmill.operators.common.native_logs import QUIET_NATIVE_ENV
 
 log = logging.getLogger("labelmill")
 
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: int, quiet: int) -> None:
+    if quiet > verbose:  # -q: native libraries' own stderr lines too (operators/common/native_logs.py)
+        os.environ[QUIET_NATIVE_ENV] = "1"
     level = logging.INFO + 10 * (quiet - verbose)
     level = max(logging.DEBUG, min(logging.ERROR, level))
     logging.basicConfig(

@@ -30,6 +30,7 @@ from labelmill.operators.pose3d.keypoints_backend import (
     build_person_detector,
     finish_people,
 )
+from labelmill.operators.common.native_logs import quiet_native_stderr
 from labelmill.operators.pose3d.person_boxes import clip_boxes, pad_boxes
 
 __all__ = [
@@ -150,9 +151,10 @@ class MediaPipePoseDetector(KeypointDetector):
                 min_tracking_confidence=self.min_tracking_confidence,
             )
 
-        self._image_pose = make(True)
-        if self.person_detector is None and not self.static_image_mode:
-            self._video_pose = make(False)
+        with quiet_native_stderr():  # -q: MediaPipe's C++ start-up lines
+            self._image_pose = make(True)
+            if self.person_detector is None and not self.static_image_mode:
+                self._video_pose = make(False)
         if self.person_detector is not None and hasattr(self.person_detector, "setup"):
             self.person_detector.setup()
 
@@ -176,7 +178,8 @@ class MediaPipePoseDetector(KeypointDetector):
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Person]]:
         if self._image_pose is None:
             self.setup()
-        return [self._detect_frame(np.ascontiguousarray(frame)) for frame in frames]
+        with quiet_native_stderr():  # -q: its W0000 ... lines on the first frames
+            return [self._detect_frame(np.ascontiguousarray(frame)) for frame in frames]
 
     # ------------------------------------------------------------------ internals
 
