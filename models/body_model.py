@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import zipfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -28,6 +27,7 @@ from smplx.utils import Struct
 from labelmill.models import body_kernels, coco
 from labelmill.models.default_body import default_body_arrays
 from labelmill.models.legacy_pickle import LegacyPickleError, load_legacy_pickle
+from labelmill.models.model_files import npz_arrays
 
 __all__ = ["BodyModelError", "BodyModelConfig", "BodyOutput", "BodyModel", "load_body_arrays"]
 
@@ -99,13 +99,10 @@ def load_body_arrays(path: str, *, trust_pickle: bool = False) -> dict[str, Any]
         if not isinstance(arrays, dict):
             raise BodyModelError(f"body model file {path}: holds a {type(arrays).__name__}, not a dict of arrays")
     else:
-        if data[:4] != b"PK\x03\x04":  # np.load would call anything else "pickled data"
-            raise BodyModelError(f"body model file {path}: not an .npz (zip) archive (starts with {data[:8]!r})")
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, EOFError, KeyError, NotImplementedError, zipfile.BadZipFile) as exc:
-            raise BodyModelError(f"body model file {path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+            arrays = npz_arrays(data, what=f"body model file {path}")
+        except ValueError as exc:
+            raise BodyModelError(str(exc)) from None
     check_body_arrays(arrays, source=path)
     return arrays
 

@@ -45,6 +45,7 @@ from scipy.spatial.transform import Rotation
 from torch import nn
 
 from labelmill.models.resnet import FEATURE_DIM, ResNet50
+from labelmill.models.model_files import npz_arrays
 
 __all__ = [
     "NUM_JOINTS",
@@ -172,12 +173,14 @@ def load_mean_params(path: str) -> MeanParams:
     ``path`` is a local path or fsspec URL; the file is read without pickle.
     """
     try:
-        with fsspec.open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            arrays = {name: np.asarray(npz[name]) for name in npz.files}
+        with fsspec.open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError as exc:
         raise HMRCheckpointError(f"mean parameter file {path}: not found") from exc
-    except (OSError, ValueError, EOFError) as exc:
-        raise HMRCheckpointError(f"mean parameter file {path}: not a readable .npz without pickle ({exc})") from exc
+    try:
+        arrays = npz_arrays(data, what=f"mean parameter file {path}")
+    except ValueError as exc:
+        raise HMRCheckpointError(str(exc)) from None
     missing = [k for k in ("pose", "shape", "cam") if k not in arrays]
     if missing:
         raise HMRCheckpointError(

@@ -344,24 +344,18 @@ class KeypointInitializer(nn.Module):
         Raises FileNotFoundError when the file is missing and ValueError naming the file when
         it is not an initialiser file or does not match its own architecture.
         """
-        from labelmill.models.model_files import read_model_bytes
+        from labelmill.models.model_files import npz_arrays, read_model_bytes
 
         data = read_model_bytes(path, what="keypoint initialiser weights")
+        arrays = npz_arrays(data, what=f"keypoint initialiser weights {path}")
+        if "metadata" not in arrays:
+            raise ValueError(f"keypoint initialiser weights {path}: no 'metadata' entry")
         try:
-            npz = np.load(io.BytesIO(data), allow_pickle=False)
-        except Exception as exc:
-            raise ValueError(f"keypoint initialiser weights {path}: not a readable .npz ({exc})") from None
-        if not hasattr(npz, "files"):
-            raise ValueError(f"keypoint initialiser weights {path}: a single .npy array, not an .npz archive")
-        with npz:
-            if "metadata" not in npz.files:
-                raise ValueError(f"keypoint initialiser weights {path}: no 'metadata' entry")
-            try:
-                metadata = json.loads(str(npz["metadata"]))
-                state = {k[len("param/") :]: torch.from_numpy(npz[k].astype(np.float32)) for k in npz.files
-                         if k.startswith("param/")}  # fmt: skip
-            except ValueError as exc:
-                raise ValueError(f"keypoint initialiser weights {path}: unreadable entry ({exc})") from None
+            metadata = json.loads(str(arrays["metadata"]))
+            state = {k[len("param/") :]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()
+                     if k.startswith("param/")}  # fmt: skip
+        except ValueError as exc:
+            raise ValueError(f"keypoint initialiser weights {path}: unreadable entry ({exc})") from None
         if metadata.get("format") != FILE_FORMAT:
             raise ValueError(
                 f"keypoint initialiser weights {path}: format {metadata.get('format')!r}, expected {FILE_FORMAT!r}"

@@ -7,11 +7,16 @@ then a rename). Embedded model files ship in the ``labelmill.models.data`` packa
 from __future__ import annotations
 
 import importlib.resources
+import io
 import uuid
+import zipfile
 
 import fsspec
+import numpy as np
 
-__all__ = ["read_model_bytes", "write_model_bytes", "embedded_model_file"]
+__all__ = ["read_model_bytes", "write_model_bytes", "embedded_model_file", "npz_arrays", "ZIP_MAGIC"]
+
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def embedded_model_file(name: str) -> str | None:
@@ -45,3 +50,16 @@ def write_model_bytes(path: str, data: bytes) -> None:
     finally:
         if fs.exists(tmp):
             fs.rm(tmp)
+
+
+def npz_arrays(data: bytes, *, what: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` bytes ``data``, read without pickle; ``ValueError`` naming
+    ``what`` ("body model file X") for anything else: not a zip (numpy would call it "pickled
+    data"), a single ``.npy``, a truncated or corrupt archive, an object array."""
+    if data[:4] != ZIP_MAGIC:
+        raise ValueError(f"{what}: not an .npz (zip) archive (starts with {bytes(data[:8])!r})")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: np.asarray(npz[name]) for name in npz.files}
+    except (OSError, ValueError, EOFError, KeyError, NotImplementedError, RuntimeError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{what}: not a readable .npz ({type(exc).__name__}: {exc})") from None

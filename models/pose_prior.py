@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import io
-import zipfile
 import json
 import math
 from typing import Any, Literal
@@ -290,19 +289,16 @@ class GMMPosePrior(nn.Module):
         the chumpy-free :func:`labelmill.models.legacy_pickle.load_legacy_pickle`).
         """
         from labelmill.models.legacy_pickle import LegacyPickleError, load_legacy_pickle
-        from labelmill.models.model_files import read_model_bytes
+        from labelmill.models.model_files import ZIP_MAGIC, npz_arrays, read_model_bytes
 
         data = read_model_bytes(path, what="pose prior file")
         provenance = None
-        if data[:4] == b"PK\x03\x04":  # zip archive: .npz
-            try:
-                with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                    _require_keys(path, npz.files)
-                    arrays = {key: npz[key] for key in ("means", "covars", "weights")}
-                    if "provenance" in npz.files:
-                        provenance = str(npz["provenance"])
-            except (OSError, EOFError, KeyError, NotImplementedError, zipfile.BadZipFile) as exc:
-                raise ValueError(f"pose prior file {path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+        if data[:4] == ZIP_MAGIC:  # .npz
+            found = npz_arrays(data, what=f"pose prior file {path}")
+            _require_keys(path, list(found))
+            arrays = {key: found[key] for key in ("means", "covars", "weights")}
+            if "provenance" in found:
+                provenance = str(found["provenance"])
         else:
             try:
                 loaded = load_legacy_pickle(data, trust=trust_pickle)
