@@ -1,7 +1,9 @@
-"""`labelmill synth pose|segmentation`: synthetic corpora with exact ground truth.
+"""`labelmill synth pose|segmentation|bad`: synthetic corpora with exact ground truth.
 
 ``synth pose`` writes a Kinetics-style corpus with SMPL ground truth; ``synth segmentation`` writes
-images of textured things on textured stuff with COCO annotations, image tags and GT masks.
+images of textured things on textured stuff with COCO annotations, image tags and GT masks;
+``synth bad`` writes good inputs of both mixed with every kind of bad input, and what each must
+come to (docs/inputs.md, "A corpus of bad inputs").
 """
 
 from __future__ import annotations
@@ -72,10 +74,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seg.add_argument("--out", required=True, help="output directory (any fsspec URL)")
     add_config_args(seg)
     seg.set_defaults(handler=_segmentation)
+    bad = sub.add_parser(
+        "bad",
+        help="good clips and images mixed with every kind of bad input, and the outcome each must have",
+        description="Write pose/manifest.csv (+ videos, keypoints), segmentation/annotations.json (+ images), "
+        "the clean subsets pose/clean.csv and segmentation/clean.json, and expected.json (each input's key, "
+        "outcome and reason). Same arguments, same bytes.",
+    )
+    bad.add_argument("--seed", type=int, default=None, help="seed of the good clips and images (synth.seed)")
+    bad.add_argument("--out", required=True, help="output directory (any fsspec URL)")
+    add_config_args(bad)
+    bad.set_defaults(handler=_bad)
 
 
 _SEGMENTATION_FLAG_FIELDS = {"images": "num_images", "seed": "seed", "width": "width", "height": "height"}
 _FLAG_FIELDS = {"videos": "num_videos", "frames": "num_frames", "seed": "seed", "people": "max_people", "fps": "fps"}
+
+
+def bad_command_config_class() -> type:
+    """Root config of ``synth bad``: one section ``synth`` (a BadCorpusConfig)."""
+    from labelmill.operators.synth.bad_inputs import BadCorpusConfig
+
+    return dataclasses.make_dataclass(
+        "BadCorpusCommandConfig", [("synth", BadCorpusConfig, dataclasses.field(default_factory=BadCorpusConfig))]
+    )
 
 
 def resolve_synth_config(args: argparse.Namespace):  # -> SynthConfig
@@ -128,4 +150,22 @@ def _pose(args: argparse.Namespace) -> int:
         "wrote %d videos (%d frames) in %.1f s (%.0f frames/s) to %s",
         len(summary.video_ids), summary.num_frames, summary.seconds, summary.frames_per_second, summary.out_dir,
     )  # fmt: skip
+    return 0
+
+
+def _bad(args: argparse.Namespace) -> int:
+    from labelmill.operators.synth.bad_inputs import write_bad_corpus
+
+    overrides = list(getattr(args, "overrides", []))
+    if args.seed is not None:
+        overrides.append(f"synth.seed={args.seed}")
+    cfg = load_config(bad_command_config_class(), getattr(args, "config", None), overrides).synth
+    summary = write_bad_corpus(args.out, cfg)
+    counts = {outcome: sum(1 for o in summary.cases.values() if o == outcome)
+              for outcome in ("written", "filtered", "failed")}
+    sys.stdout.write(
+        f"wrote {summary.pose_inputs} pose3d inputs and {summary.segmentation_inputs} segmentation images "
+        f"({counts['written']} to be written, {counts['filtered']} filtered, {counts['failed']} failed) "
+        f"in {summary.seconds:.1f} s to {summary.out_dir}\n"
+    )
     return 0
