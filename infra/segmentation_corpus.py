@@ -402,6 +402,9 @@ def _build(
         row.fingerprint = file_fingerprint(row.uri, mode=mode, info=info, fs=fs, path=path)
         if not row.boxes and not row.tags:
             row.status, row.reason = STATUS_FAILED, f"{image.where}: no boxes or tags"
+            if row.dropped:  # say why: every annotation it had was dropped
+                more = f"; and {len(row.dropped) - 3} more" if len(row.dropped) > 3 else ""
+                row.reason += f" (all {len(row.dropped)} dropped: {'; '.join(row.dropped[:3])}{more})"
 
     for image_id in sorted(set(by_image) - known_ids):
         orphans = by_image[image_id]
