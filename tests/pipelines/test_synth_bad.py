@@ -15,7 +15,7 @@ from labelmill.operators.synth.bad_inputs import BadCorpusConfig, write_bad_corp
 from labelmill.pipelines.cli import main
 
 POSE_SETS = ["keypoints.backend=precomputed", "fit.solver.max_iter=10"]
-SEGMENTATION_SETS = ["input.stuff=[grass,sky,water]", "stuff.enabled=false"]
+SEGMENTATION_SETS = ["input.stuff=[grass,sky,water]"]  # stuff on: a classifier trained on the corpus's tags
 
 
 def _sets(values):
@@ -29,13 +29,13 @@ def corpus(tmp_path_factory):
     return {"root": root, "expected": json.loads((root / "expected.json").read_text())}
 
 
-def _run(corpus, out, pipeline, source, engine="local"):
+def _run(corpus, out, pipeline, source, *extra, engine="local"):
     root = corpus["root"]
     if pipeline == "pose3d":
-        args = ["run", "pose3d", "--input", str(root / "pose" / source), *_sets(POSE_SETS)]
+        args = ["run", "pose3d", "--input", str(root / "pose" / source), *_sets([*POSE_SETS, *extra])]
     else:
         args = ["run", "segmentation", "--input", str(root / "segmentation" / source),
-                "--images", str(root / "segmentation" / "images"), *_sets(SEGMENTATION_SETS)]
+                "--images", str(root / "segmentation" / "images"), *_sets([*SEGMENTATION_SETS, *extra])]
     assert main([*args, "--output", str(out), "--engine", engine]) == 0
     version = dv.version_url(str(out), dv.read_latest(str(out)))
     assert main(["validate", version]) == 0
@@ -65,6 +65,8 @@ def local_runs(corpus, tmp_path_factory):
                                  ("segmentation", "annotations.json", "clean.json")):
         runs[pipeline] = {"bad": _run(corpus, out / f"{pipeline}_bad", pipeline, bad),
                           "clean": _run(corpus, out / f"{pipeline}_clean", pipeline, clean)}
+    (classifier,) = sorted((out / "segmentation_bad" / "models" / "classifier").glob("*.pt"))
+    runs["classifier"] = str(classifier)
     return runs
 
 
@@ -118,11 +120,24 @@ def test_a_late_range_and_a_4k_clip_are_written_with_their_frames(corpus, local_
     assert late and late[0] >= 10 / 30 - 1e-3
 
 
+def test_decode_fps_cuts_precomputed_keypoints_of_the_bad_corpus_too(corpus, tmp_path):
+    bad = _run(corpus, tmp_path / "bad", "pose3d", "manifest.csv", "decode.fps=10")
+    clean = _run(corpus, tmp_path / "clean", "pose3d", "clean.csv", "decode.fps=10")
+    rows = _inputs(bad)
+    for key, case in corpus["expected"]["pose"].items():
+        assert rows[key]["status"] == case["outcome"] and case["reason"] in (rows[key]["reason"] or ""), rows[key]
+    frames = BadCorpusConfig().num_frames
+    assert rows["good_0"]["frames_in"] == frames // 3  # 30 fps -> 10 fps: source frames 0, 3, 6, ...
+    assert rows["range_late_start"]["frames_in"] == len(range(10, frames, 3))
+    assert _samples(bad) == _samples(clean)
+
+
 @pytest.mark.parametrize("engine", ["beam", "ray"])
 @pytest.mark.parametrize("pipeline, source", [("pose3d", "manifest.csv"), ("segmentation", "annotations.json")])
 def test_other_engines_write_what_local_writes(corpus, local_runs, tmp_path, engine, pipeline, source, request):
     if engine == "ray":
         request.getfixturevalue("ray_session")
-    version = _run(corpus, tmp_path / engine, pipeline, source, engine=engine)
+    extra = [f"stuff.classifier={local_runs['classifier']}"] if pipeline == "segmentation" else []
+    version = _run(corpus, tmp_path / engine, pipeline, source, *extra, engine=engine)
     assert _samples(version) == _samples(local_runs[pipeline]["bad"])
     assert _inputs(version) == _inputs(local_runs[pipeline]["bad"])
