@@ -183,7 +183,8 @@ def _keypoint_cases(document: dict[str, Any]) -> list[tuple[str, str, Any, str, 
          "negative confidence -0.5 at keypoint 5"),
         ("keypoints_outside", "keypoint file with every keypoint outside the frame", outside, FILTERED,
          "no_measurable_frames"),
-        ("keypoints_string", "keypoint file with a string value", string, FAILED, "keypoints_string.json"),
+        ("keypoints_string", "keypoint file with a string value", string, FAILED,
+         "keypoints_string.json: frame 2, person 0: 'keypoints' must be 17 [x, y, confidence] triples"),
     ]
     cases = [(key, case, _dump(_edit_keypoints(document, edit)), outcome, reason)
              for key, case, edit, outcome, reason in edits]
@@ -318,10 +319,11 @@ def _write_segmentation(out: str, cfg: BadCorpusConfig) -> tuple[dict[str, dict[
 
     w, h = cfg.width, cfg.height
     add("undecodable", b"\xff\xd8\xff\xe0 not really a JPEG" * 8, [[10.0, 10.0, 40.0, 30.0]], [])
-    expected["undecodable"] = {"case": "an image that does not decode", "outcome": FAILED, "reason": "undecodable.jpg"}
+    expected["undecodable"] = {"case": "an image that does not decode", "outcome": FAILED,
+                               "reason": "undecodable.jpg: OpenCV cannot decode the image"}
     add("box_outside", source_jpg, [[w + 20.0, h + 20.0, 30.0, 30.0]], [])
     expected["box_outside"] = {"case": "its only box wholly outside the image (dropped)", "outcome": FAILED,
-                               "reason": "no boxes or tags (all 1 dropped: annotation"}
+                               "reason": f"is wholly outside the {w}x{h} image)"}
     x, y, bw, bh = source_things[0]["bbox"]
     add("box_partly_outside", source_jpg, [[float(x), float(y), float(w) * 2, float(h) * 2]], list(source["tags"]))
     expected["box_partly_outside"] = {"case": "a box partly outside the image (clipped)", "outcome": WRITTEN,
