@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import tempfile
 import uuid
 from typing import Any, Iterable, Iterator
@@ -72,6 +73,32 @@ _INPUT_FILE_BYTES = 64 * 1024 * 1024
 def pipeline_options(config: EngineConfig) -> PipelineOptions:
     """Beam ``PipelineOptions`` for the configured runner plus the pass-through options."""
     return PipelineOptions([f"--runner={config.beam_runner}", *config.beam_options])
+
+
+_ENDPOINT_TIMEOUT_S = 10.0
+
+
+def check_job_endpoint(options: PipelineOptions, *, timeout_s: float = _ENDPOINT_TIMEOUT_S) -> None:
+    """Fail fast when a portable runner's ``--job_endpoint`` does not answer.
+
+    Beam's PortableRunner waits on an unreachable job service without a word; one TCP connect
+    with a timeout turns that into a ``ConnectionError`` naming the endpoint and the option.
+    An ``embed`` endpoint or none (the runner starts its own job service) is not checked.
+    """
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    endpoint = options.view_as(PortableOptions).job_endpoint
+    if not endpoint or endpoint == "embed":
+        return
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--job_endpoint={endpoint!r} is not HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"beam engine: the job service at --job_endpoint={endpoint} does not answer "
+                              f"({type(exc).__name__}: {exc}); start it (e.g. the Flink job server) or fix "
+                              "the endpoint") from None
 
 
 WIRE_TYPE = typehints.Tuple[str, bytes, typehints.Tuple[float, ...]]
@@ -248,6 +275,7 @@ class BeamEngine:
         return self._stream(pipeline.name, stages, rows)
 
     def _run_job(self, pipeline_name: str, stages: list[Stage], rows: list[dict[str, Any]], run_dir: str) -> None:
+        check_job_endpoint(pipeline_options(self.config))
         job = build_job(self.config, stages, rows, run_dir)
         logger.info("beam engine: running pipeline %s on %s", pipeline_name, self.config.beam_runner)
         result = job.run()

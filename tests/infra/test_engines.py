@@ -598,3 +598,24 @@ def test_empty_input_yields_nothing_on_every_engine():
         engine = get_engine(name)
         assert isinstance(engine, Engine) and engine.name == name
         assert list(engine.run(toy_pipeline(), [])) == [] and engine.stats.items == 0
+
+
+def test_beam_refuses_an_unreachable_job_endpoint_at_once():
+    import socket
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from labelmill.infra.engines.beam_engine import check_job_endpoint
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConnectionError, match=f"--job_endpoint=127.0.0.1:{port} does not answer"):
+        check_job_endpoint(PipelineOptions(["--runner=PortableRunner", f"--job_endpoint=127.0.0.1:{port}"]),
+                           timeout_s=2.0)
+    with socket.socket() as server:  # a listening port passes
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_job_endpoint(PipelineOptions([f"--job_endpoint=127.0.0.1:{server.getsockname()[1]}"]))
+    check_job_endpoint(PipelineOptions(["--runner=PortableRunner", "--job_endpoint=embed"]))
+    check_job_endpoint(PipelineOptions([]))
