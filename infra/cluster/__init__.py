@@ -1,0 +1,1 @@
+"""Cluster launch files (``ray up``, KubeRay) and the renderer of scheduled regenerations (``schedule.py``)."""
