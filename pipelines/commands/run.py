@@ -84,8 +84,7 @@ def _pose3d(args: argparse.Namespace) -> int:
 
     cfg = resolve_config("pose3d", args)
     if args.beam_options:
-        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(
-            cfg.engine, beam_options=[*cfg.engine.beam_options, *args.beam_options]))
+        cfg = dataclasses.replace(cfg, engine=_with_beam_options(cfg.engine, args.beam_options))
     run = run_pose3d(cfg, input_url=args.input, output_url=args.output.rstrip("/"), engine_name=args.engine,
                      full=args.full, allow_empty=args.allow_empty)
     inputs, frames = run.stats["inputs"], run.stats["frames"]
@@ -101,6 +100,26 @@ def _pose3d(args: argparse.Namespace) -> int:
         f"{run.stats['samples']} samples in {run.stats['shards']} shards\n"
     )
     return _empty_run_status("pose3d", run)
+
+
+def _with_beam_options(engine, options: list[str]):
+    """``engine`` with the ``--beam-option`` flags added; ``--beam-option=--runner=R`` sets ``beam_runner``
+    (as ``--help`` shows), the last one winning. A malformed option is a usage error (exit 2)."""
+    from labelmill.pipelines.cli import UsageError
+
+    runner, rest = engine.beam_runner, []
+    for option in options:
+        flag, sep, value = option.partition("=")
+        if flag == "--runner":
+            if not sep or not value.strip():
+                raise UsageError(f"--beam-option {option!r}: name the runner, e.g. --beam-option=--runner=FlinkRunner")
+            runner = value
+        else:
+            rest.append(option)
+    try:
+        return dataclasses.replace(engine, beam_runner=runner, beam_options=[*engine.beam_options, *rest])
+    except ValueError as exc:
+        raise UsageError(f"--beam-option: {exc}") from None
 
 
 def _empty_run_status(name: str, run) -> int:
