@@ -58,7 +58,16 @@ def ensure_ray(config: EngineConfig) -> None:
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         logger.info("ray engine: connecting to the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:  # Ray's bare "Failed to connect to Ray cluster at ..."
+            raise ConnectionError(
+                f"{exc}. Check that a Ray head runs at {address} (its GCS port, 6379 by default) and is "
+                "reachable from here. A head with token authentication (Ray >= 2.52; `ray start` turns it on "
+                "when it finds ~/.ray/auth_token) refuses a driver without its token: set RAY_AUTH_MODE=token "
+                "and RAY_AUTH_TOKEN=<token> (or RAY_AUTH_TOKEN_PATH=<file>; `ray get-auth-token` on the head) "
+                "here, or start a trusted loopback head with RAY_AUTH_MODE=disabled"
+            ) from exc
         return
     logger.info("ray engine: starting an embedded local Ray cluster (num_cpus=%s)", config.ray_num_cpus)
     # address="local": a new cluster of our own even when another one runs on this machine (a bare

@@ -48,6 +48,13 @@ def _tree(psutil, pid: int) -> dict[int, float]:
         return {}
 
 
+def _cmdline(process) -> list[str]:
+    try:
+        return process.cmdline()
+    except Exception:  # gone, or not ours to read
+        return []
+
+
 def _alive(psutil, processes: dict[int, float]) -> list[int]:
     alive = []
     for pid, created in processes.items():
@@ -59,7 +66,7 @@ def _alive(psutil, processes: dict[int, float]) -> list[int]:
 
 
 @contextlib.contextmanager
-def local_head(num_cpus: int = 2):
+def local_head(num_cpus: int = 2, auth_mode: str = "disabled"):
     """A Ray head of our own on 127.0.0.1 with its dashboard (the Jobs API); yields its URL.
 
     `ray start --head --block` stays the parent of every process of the cluster, so the cluster
@@ -72,7 +79,7 @@ def local_head(num_cpus: int = 2):
     temp_dir = tempfile.mkdtemp(prefix="lm-head-", dir="/tmp")  # short: Ray's socket paths must fit
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    env["RAY_AUTH_MODE"] = "disabled"  # a loopback test head; Ray >= 2.52 may turn token auth on
+    env["RAY_AUTH_MODE"] = auth_mode  # disabled: a loopback test head (Ray >= 2.52 may turn token auth on)
     # the venv activated, as on a real head: the job's `python` is the venv's
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
@@ -87,6 +94,7 @@ def local_head(num_cpus: int = 2):
                                 start_new_session=True)
     seen: dict[int, float] = {}
     url = f"http://127.0.0.1:{dashboard}"
+    local_head.pid = head.pid
     try:
         _wait_for_jobs_api(url, head, log_path, seen, psutil)
         yield url, (lambda: seen.update(_tree(psutil, head.pid)))
@@ -110,6 +118,7 @@ def local_head(num_cpus: int = 2):
 
 
 def _wait_for_jobs_api(url: str, head, log_path: Path, seen: dict, psutil, timeout_s: float = 60.0) -> None:
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     deadline = time.monotonic() + timeout_s
@@ -119,6 +128,8 @@ def _wait_for_jobs_api(url: str, head, log_path: Path, seen: dict, psutil, timeo
             pytest.fail(f"ray start --head exited {head.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
             JobSubmissionClient(url)
+            return
+        except AuthenticationError:  # up, and refusing us: a token head
             return
         except Exception:  # not up yet
             if time.monotonic() > deadline:
@@ -174,6 +185,27 @@ def test_submit_runs_pose3d_on_a_local_head(corpus, tmp_path, capsys):
         assert capsys.readouterr().out.splitlines()[0] == f"{job_id} SUCCEEDED"
         assert main(["submit", "--address", url, "--stop", job_id]) == 1  # finished: nothing to stop
         assert "was not running (SUCCEEDED)" in capsys.readouterr().err
+
+        # a job whose run fails (no such corpus: labelmill exits 2 in the job) exits 1, with the status
+        bad = ["run", "pose3d", "--input", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "bad"), "--engine", "ray"]
+        assert main(["submit", "--address", url, "--job-id", f"{job_id}-bad", "--", *bad]) == 1
+        failed = capsys.readouterr()
+        assert f"job {job_id}-bad FAILED" in failed.err and "missing.csv" in failed.out
+
+        # with this head running and no RAY_ADDRESS, `--engine ray` still starts a cluster of its
+        # own, as it logs (address="local"), instead of joining the head
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        probe = ("import logging, ray\nlogging.basicConfig(level=logging.INFO)\n"
+                 "from labelmill.infra.config import load_config\nfrom labelmill.infra.engines.ray_engine import ensure_ray\n"
+                 "from labelmill.pipelines.config import Pose3dConfig\n"
+                 "ensure_ray(load_config(Pose3dConfig, None, ['engine.ray_num_cpus=1']).engine)\n"
+                 "print('GCS', ray.get_runtime_context().gcs_address)\n")
+        ran = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        assert "starting an embedded local Ray cluster" in ran.stderr
+        head_gcs = [a.split("=", 1)[1] for p in psutil.Process(local_head.pid).children(recursive=True)
+                    for a in _cmdline(p) if a.startswith("--gcs_server_port=")]
+        assert head_gcs and not ran.stdout.strip().endswith(f":{head_gcs[0]}"), (ran.stdout, head_gcs)
     assert local_head.last_processes, "the head's processes were recorded"
     assert _alive(psutil, local_head.last_processes) == [], "the head's processes outlived it"
 
@@ -258,3 +290,24 @@ def test_address_from_the_environment_and_runtime_env_file(tmp_path, monkeypatch
     assert _submit("--address", "http://127.0.0.1:1", "--runtime-env", str(spec), "--",
                    "run", "pose3d", "--input", "m", "--output", "o") == 2
     assert "a runtime env is a YAML mapping" in capsys.readouterr().err
+
+
+def test_ray_engine_connection_refusal_says_what_to_set(monkeypatch):
+    """`--engine ray` with an address: Ray's bare ConnectionError (what a token-auth head gives a
+    driver without its token) comes with what to check and set."""
+    ray = pytest.importorskip("ray")
+    from labelmill.infra.config import load_config
+    from labelmill.infra.engines.ray_engine import ensure_ray
+    from labelmill.pipelines.config import Pose3dConfig
+
+    def refuse(address=None, **kwargs):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {address}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    cfg = load_config(Pose3dConfig, None, ["engine.ray_address=10.9.8.7:6379"])
+    with pytest.raises(ConnectionError) as raised:
+        ensure_ray(cfg.engine)
+    message = str(raised.value)
+    assert message.startswith("Failed to connect to Ray cluster at 10.9.8.7:6379. Check that a Ray head runs at 10.9.8.7:6379")
+    assert "RAY_AUTH_MODE=token" in message and "RAY_AUTH_TOKEN" in message and "RAY_AUTH_MODE=disabled" in message
