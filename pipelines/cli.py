@@ -21,7 +21,7 @@ from labelmill.operators.common.native_logs import QUIET_NATIVE_ENV
 log = logging.getLogger("labelmill")
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ("run", "submit", "demo", "config", "synth", "body", "prior", "train", "keypoints", "eval", "bench", "validate", "inspect", "report", "versions", "gc", "schedule")
+COMMAND_MODULES = ("run", "submit", "demo", "config", "synth", "body", "prior", "train", "keypoints", "eval", "bench", "validate", "inspect", "report", "export", "versions", "gc", "schedule")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
