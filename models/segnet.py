@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelmill.models.efficientnet_lite import efficientnet_lite0, imagenet_normalize
+from labelmill.models.efficientnet_lite import check_state_dict, efficientnet_lite0, imagenet_normalize
 
 __all__ = ["SegNetConfig", "SegNet", "TrainedSegNet", "train_segnet", "letterbox", "resolve_device", "ENCODERS",
            "FORMAT_VERSION"]
@@ -271,15 +271,7 @@ class TrainedSegNet:
                 or encoder not in ENCODERS or not isinstance(side, int) or not isinstance(state, Mapping)):
             raise ValueError(f"{where}: classes / encoder / side / state_dict missing or of the wrong type")
         model = SegNet(len(classes), encoder=encoder, pretrained=False)
-        expected = model.state_dict()
-        for key, tensor in expected.items():
-            value = state.get(key)
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(tensor.shape):
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(f"{where}: key {key!r} is {got}, the model expects shape {tuple(tensor.shape)}")
-        extra = sorted(set(state) - set(expected))
-        if extra:
-            raise ValueError(f"{where} has unexpected key {extra[0]!r} ({len(extra)} unexpected in all)")
+        check_state_dict(model, state, source=where)  # every key and shape, the first mismatch named
         model.load_state_dict(state, strict=True)
         model.eval()
         return cls(model, classes=classes, encoder=encoder, side=side)

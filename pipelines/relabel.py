@@ -66,6 +66,7 @@ from labelmill.models.segnet import SegNetConfig, train_segnet
 from labelmill.operators.segmentation.images import decode_image_bytes
 from labelmill.operators.segmentation.relabel import RelabelImages, relabel_samples
 from labelmill.operators.segmentation.samples import SegmentationFilterConfig, input_row_function
+from labelmill.operators.segmentation.things import decode_png
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,10 @@ def _decode_training_pair(sample: SourceSample) -> tuple[np.ndarray, np.ndarray]
         image = cv2.cvtColor(decode_image_bytes(sample.jpg), cv2.COLOR_BGR2RGB)
     except ValueError as exc:
         raise ValueError(f"sample {sample.key!r}: jpg: {exc}") from None
-    sem = cv2.imdecode(np.frombuffer(sample.sem_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        sem = decode_png(sample.sem_png)
+    except ValueError:
+        sem = None
     if sem is None or sem.ndim != 2 or sem.dtype != np.uint8 or sem.shape != image.shape[:2]:
         raise ValueError(f"sample {sample.key!r}: sem.png is not a uint8 mask of the image's size {image.shape[:2]}")
     return image, sem
